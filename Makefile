@@ -1,0 +1,26 @@
+# Two commands do all set-up on a fresh machine:
+#   make demo   creates .venv, installs, runs the CPU demo
+#   make test   creates .venv, installs, runs the test suite
+VENV ?= .venv
+PYTHON := $(VENV)/bin/python
+SYSTEM_PYTHON ?= python3
+
+.PHONY: install demo test lint bench
+
+$(VENV)/.installed: requirements.txt requirements-seg.txt setup.py
+	test -x $(PYTHON) || $(SYSTEM_PYTHON) -m venv $(VENV)
+	$(PYTHON) -m pip install -q --upgrade "pip<26"
+	$(PYTHON) -m pip install -q -r requirements.txt
+	$(PYTHON) -m pip install -q -e ".[seg,crf]" ruff
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(PYTHON) tools/demo.py
+
+test: install
+	$(PYTHON) -m pytest -q tests
+
+lint: install
+	$(VENV)/bin/ruff check dinov2 simdinov2 eval tools tests benchmarks
