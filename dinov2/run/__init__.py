@@ -1,0 +1,1 @@
+"""Cluster launch: submitit jobs for training and evaluation, and graceful preemption."""
