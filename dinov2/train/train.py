@@ -1,0 +1,469 @@
+"""DINOv2 training: set-up, optimizer and schedules, the loop, checkpoints and teacher exports.
+
+`main(args, meta_arch_factory=SSLMetaArch)` runs one training job; `tools/train.py` is its CLI. The
+factory lets simdinov2 pass its own `build_meta_arch(cfg)` without dinov2 importing simdinov2.
+
+Loop, one paragraph per step (spec 6.5): apply schedules -> zero grad -> forward_backward over
+`train.grad_accum_steps` micro-batches -> reduce and check the loss -> unscale, clip each student
+submodule, step -> teacher EMA -> log -> teacher export -> checkpoint.
+"""
+
+import argparse
+import dataclasses
+import functools
+import logging
+import math
+import os
+import random
+from typing import Any, Callable, Iterable, Iterator
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from dinov2 import distributed
+from dinov2.data import (
+    DataAugmentationDINO,
+    MaskingGenerator,
+    SamplerType,
+    collate_data_and_cast,
+    make_data_loader,
+    make_dataset,
+)
+from dinov2.fsdp import build_meshes
+from dinov2.logging import MetricLogger, setup_logging
+from dinov2.run import preemption
+from dinov2.train.checkpointer import Checkpointer, ResumeError, TrainerState, export_teacher
+from dinov2.train.schedulers import CosineScheduler
+from dinov2.train.ssl_meta_arch import SSLMetaArch
+from dinov2.utils.config import load_config, scaled_lr
+from dinov2.utils.param_groups import fuse_params_groups, get_params_groups_with_decay
+
+logger = logging.getLogger(__name__)
+
+MetaArchFactory = Callable[[DictConfig], SSLMetaArch]
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser("DINOv2 training", add_help=add_help)
+    parser.add_argument("--config-file", required=True, metavar="FILE", help="recipe YAML merged over the defaults")
+    parser.add_argument(
+        "--resume",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="resume from <output-dir>/checkpoints/last_checkpoint when present (default); --no-resume "
+        "starts from MODEL.WEIGHTS or from scratch",
+    )
+    parser.add_argument("--eval-only", action="store_true", help="load the checkpoint, export the teacher, exit")
+    parser.add_argument("--output-dir", "--output_dir", default=".", help="run directory (made absolute)")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides, key=value")
+    return parser
+
+
+def fix_random_seeds(seed: int) -> None:
+    """Seed python, numpy and torch (CPU and every CUDA device)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunContext:
+    """Values derived once from the config and the environment (the config itself stays read-only)."""
+
+    device: torch.device
+    world_size: int
+    rank: int
+    lr: float
+    epoch_length: int
+    max_iter: int
+
+
+def setup(args: argparse.Namespace) -> DictConfig:
+    """Config (defaults <- file <- overrides <- output dir), process group, logging, seeds, scaled lr.
+
+    Writes `<output_dir>/config.yaml` once (rank 0) with the scaled `optim.lr`; returns the config in
+    read-only mode.
+    """
+    output_dir = os.path.abspath(args.output_dir)
+    opts = [opt for opt in (args.opts or []) if opt != "--"]
+    cfg = load_config(args.config_file, [*opts, f"train.output_dir={output_dir}"])
+    os.makedirs(output_dir, exist_ok=True)
+    environment = distributed.get_environment() or distributed.enable()
+    setup_logging(output_dir)
+    logger.info("launch: %s", environment)
+    logger.info("arguments: %s", vars(args))
+    fix_random_seeds(cfg.train.seed + environment.rank)
+    torch.backends.cuda.matmul.allow_tf32 = True  # official DINOv2 (set at import there); fp32 matmuls on CUDA only
+    logger.info("seed %d (train.seed + rank), TF32 matmuls allowed", cfg.train.seed + environment.rank)
+    cfg.optim.lr = scaled_lr(cfg, environment.world_size)
+    logger.info(
+        "optim.lr = %.6g (optim.base_lr %g, rule %s, global batch %d x %d x %d)",
+        cfg.optim.lr,
+        cfg.optim.base_lr,
+        cfg.optim.scaling_rule,
+        cfg.train.batch_size_per_gpu,
+        environment.world_size,
+        cfg.train.grad_accum_steps,
+    )
+    if distributed.is_main_process():
+        OmegaConf.save(cfg, os.path.join(output_dir, "config.yaml"))
+    logger.info("resolved config:\n%s", OmegaConf.to_yaml(cfg))
+    OmegaConf.set_readonly(cfg, True)
+    return cfg
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Optimizer and schedules
+# ----------------------------------------------------------------------------------------------------------
+def get_params_groups(model: SSLMetaArch) -> list[dict[str, Any]]:
+    """Fused parameter groups of every student submodule (spec 6.2)."""
+    groups: list[dict[str, Any]] = []
+    for module in model.student.values():
+        groups += get_params_groups_with_decay(
+            module,
+            lr_decay_rate=model.cfg.optim.layerwise_decay,
+            patch_embed_lr_mult=model.cfg.optim.patch_embed_lr_mult,
+        )
+    return fuse_params_groups(groups)
+
+
+def build_optimizer(cfg: DictConfig, params_groups: list[dict[str, Any]]) -> torch.optim.AdamW:
+    """AdamW with the config's betas, PyTorch defaults otherwise; lr / wd are set every iteration."""
+    return torch.optim.AdamW(params_groups, betas=(cfg.optim.adamw_beta1, cfg.optim.adamw_beta2), foreach=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class Schedules:
+    lr: CosineScheduler
+    wd: CosineScheduler
+    momentum: CosineScheduler
+    teacher_temp: CosineScheduler
+    last_layer_lr: CosineScheduler
+
+
+def build_schedulers(cfg: DictConfig, *, lr: float, epoch_length: int) -> Schedules:
+    """The five per-iteration schedules of spec 6.4 (E = epoch_length iterations per epoch)."""
+    total = cfg.optim.epochs * epoch_length
+    lr_args = dict(
+        base_value=lr,
+        final_value=cfg.optim.min_lr,
+        total_iters=total,
+        warmup_iters=cfg.optim.warmup_epochs * epoch_length,
+        start_warmup_value=cfg.optim.warmup_start_lr,
+    )
+    teacher_warmup = cfg.teacher.warmup_teacher_temp_epochs * epoch_length
+    return Schedules(
+        lr=CosineScheduler(**lr_args),
+        wd=CosineScheduler(
+            base_value=cfg.optim.weight_decay, final_value=cfg.optim.weight_decay_end, total_iters=total
+        ),
+        momentum=CosineScheduler(
+            base_value=cfg.teacher.momentum_teacher,
+            final_value=cfg.teacher.final_momentum_teacher,
+            total_iters=total,
+        ),
+        teacher_temp=CosineScheduler(
+            base_value=cfg.teacher.teacher_temp,
+            final_value=cfg.teacher.teacher_temp,
+            total_iters=teacher_warmup,
+            warmup_iters=teacher_warmup,
+            start_warmup_value=cfg.teacher.warmup_teacher_temp,
+        ),
+        last_layer_lr=CosineScheduler(**lr_args, zero_first_iters=cfg.optim.freeze_last_layer_epochs * epoch_length),
+    )
+
+
+def apply_optim_scheduler(optimizer: torch.optim.Optimizer, *, lr: float, wd: float, last_layer_lr: float) -> None:
+    """Set every group's lr / weight decay from its multipliers (last-layer groups follow `last_layer_lr`)."""
+    for group in optimizer.param_groups:
+        group["weight_decay"] = wd * group["wd_multiplier"]
+        group["lr"] = (last_layer_lr if group["is_last_layer"] else lr) * group["lr_multiplier"]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Data
+# ----------------------------------------------------------------------------------------------------------
+def input_dtype(model: SSLMetaArch) -> torch.dtype:
+    """dtype of the collated crops: the student backbone's compute dtype (official: fp16)."""
+    return model.precision[("student", "backbone")].param_dtype
+
+
+def build_dataset(cfg: DictConfig) -> Any:
+    augmentation = DataAugmentationDINO(
+        tuple(cfg.crops.global_crops_scale),
+        tuple(cfg.crops.local_crops_scale),
+        cfg.crops.local_crops_number,
+        global_crops_size=cfg.crops.global_crops_size,
+        local_crops_size=cfg.crops.local_crops_size,
+        global_crops_1_blur_prob=cfg.crops.global_crops_1_blur_prob,
+        global_crops_2_blur_prob=cfg.crops.global_crops_2_blur_prob,
+        local_crops_blur_prob=cfg.crops.local_crops_blur_prob,
+    )
+    return make_dataset(
+        dataset_str=cfg.train.dataset_path,
+        transform=augmentation,
+        target_transform=_no_target,
+        max_bad_image_fraction=cfg.train.max_bad_image_fraction,
+    )
+
+
+def _no_target(_: Any) -> tuple[()]:
+    # SSL ignores labels; an empty tuple collates to nothing (module-level so that workers can pickle it).
+    return ()
+
+
+def bad_image_metrics(dataset: Any) -> dict[str, float]:
+    """Undecodable-image counts of file-backed datasets (`dataset.bad_images`, dinov2/data/datasets/extended.py).
+
+    In-memory datasets (Digits) have no counter and report nothing.
+    """
+    counter = getattr(dataset, "bad_images", None)
+    if counter is None:
+        return {}
+    n_attempted, n_failed = counter.totals()
+    return {"bad_images": float(n_failed), "bad_image_fraction": n_failed / max(n_attempted, 1)}
+
+
+def build_data_loader(cfg: DictConfig, dataset: Any, *, dtype: torch.dtype, start_iter: int) -> Iterable[Any]:
+    """Endless loader of micro-batches; `start_iter` full steps of this rank's stream are skipped.
+
+    FIX (spec 12.1 #2): seeded with `train.seed` and advanced by the samples already consumed, so a
+    resumed run sees the data the uninterrupted run would have seen (official: seed = start_iter, no advance).
+    """
+    n_side = cfg.crops.global_crops_size // cfg.student.patch_size
+    n_tokens = n_side * n_side
+    mask_generator = MaskingGenerator(input_size=(n_side, n_side), max_num_patches=int(0.5 * n_tokens))
+    collate_fn = functools.partial(
+        collate_data_and_cast,
+        mask_ratio_tuple=tuple(cfg.ibot.mask_ratio_min_max),
+        mask_probability=cfg.ibot.mask_sample_probability,
+        n_tokens=n_tokens,
+        mask_generator=mask_generator,
+        dtype=dtype,
+    )
+    micro_batch = cfg.train.batch_size_per_gpu
+    return make_data_loader(
+        dataset=dataset,
+        batch_size=micro_batch,
+        num_workers=cfg.train.num_workers,
+        shuffle=True,
+        seed=cfg.train.seed,
+        sampler_type=SamplerType.SHARDED_INFINITE,
+        sampler_advance=start_iter * micro_batch * cfg.train.grad_accum_steps,
+        drop_last=True,
+        collate_fn=collate_fn,
+    )
+
+
+def group_micro_batches(iterable: Iterable[Any], n: int) -> Iterator[list[Any]]:
+    """Lists of `n` consecutive micro-batches (one optimizer step each); fetches lazily."""
+    iterator = iter(iterable)
+    while True:
+        yield [next(iterator) for _ in range(n)]
+
+
+def batch_to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Evaluation export and the loop
+# ----------------------------------------------------------------------------------------------------------
+def do_test(cfg: DictConfig, model: SSLMetaArch, name: str) -> str:
+    """Export the teacher to `<output_dir>/eval/<name>/teacher_checkpoint.pth` (rank 0 writes)."""
+    path = os.path.join(cfg.train.output_dir, "eval", name, "teacher_checkpoint.pth")
+    export_teacher(model, path)
+    return path
+
+
+def clip_and_step(model: SSLMetaArch, optimizer: torch.optim.Optimizer, clip_grad: float) -> dict[str, float]:
+    """Unscale (fp16), clip each student submodule separately (KEEP, spec 12.1 #5), optimizer step.
+
+    Returns the gradient norm of every student submodule before clipping (`<key>_grad_norm`).
+    """
+    scaler = model.grad_scaler
+    if scaler is not None:
+        scaler.unscale_(optimizer)
+    norms: dict[str, float] = {}
+    if clip_grad > 0:
+        for key, module in model.student.items():
+            norm = torch.nn.utils.clip_grad_norm_(module.parameters(), clip_grad)
+            full_tensor = getattr(norm, "full_tensor", None)
+            norms[f"{key}_grad_norm"] = float((full_tensor() if full_tensor is not None else norm).item())
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    return norms
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The reduced loss of a step is NaN or infinite; the step was not applied."""
+
+
+def do_train(cfg: DictConfig, model: SSLMetaArch, ctx: RunContext, *, dataset: Any, resume: bool) -> dict[str, float]:
+    """Train from the last checkpoint (or MODEL.WEIGHTS / scratch) to `ctx.max_iter`; returns global averages."""
+    model.train()
+    optimizer = build_optimizer(cfg, get_params_groups(model))
+    schedules = build_schedulers(cfg, lr=ctx.lr, epoch_length=ctx.epoch_length)
+    checkpointer = Checkpointer(
+        output_dir=cfg.train.output_dir, model=model, optimizer=optimizer, max_to_keep=cfg.checkpointing.max_to_keep
+    )
+    resumed = restore(cfg, model, checkpointer, resume=resume)
+    start_iter = resumed[1].iteration + 1 if resumed is not None else 0
+
+    loader = build_data_loader(cfg, dataset, dtype=input_dtype(model), start_iter=start_iter)
+    steps = group_micro_batches(iter(loader), cfg.train.grad_accum_steps)  # iter() draws the loader's seed
+    if resumed is not None:
+        Checkpointer.restore_rng(*resumed)
+
+    tensorboard = None
+    if distributed.is_main_process():
+        from torch.utils.tensorboard import SummaryWriter
+
+        tensorboard = SummaryWriter(os.path.join(cfg.train.output_dir, "tensorboard"))
+    metric_logger = MetricLogger(
+        output_file=os.path.join(cfg.train.output_dir, "training_metrics.json"), tensorboard_writer=tensorboard
+    )
+    log_period = cfg.train.log_period_iterations
+    n_micro = cfg.train.grad_accum_steps
+    logger.info("starting training at iteration %d of %d", start_iter, ctx.max_iter)
+    iteration = start_iter
+    for micro_batches in metric_logger.log_every(steps, log_period, "Training", ctx.max_iter, start_iter):
+        lr, wd = schedules.lr[iteration], schedules.wd[iteration]
+        momentum, teacher_temp = schedules.momentum[iteration], schedules.teacher_temp[iteration]
+        last_layer_lr = schedules.last_layer_lr[iteration]
+        apply_optim_scheduler(optimizer, lr=lr, wd=wd, last_layer_lr=last_layer_lr)
+        is_log_step = iteration % log_period == 0 or iteration == ctx.max_iter - 1
+
+        optimizer.zero_grad(set_to_none=True)
+        step_metrics: dict[str, torch.Tensor] = {}
+        for index, micro_batch in enumerate(micro_batches):
+            is_last = index == n_micro - 1
+            model.set_gradient_sync(is_last)
+            _, metrics = model.forward_backward(
+                batch_to_device(micro_batch, ctx.device),
+                teacher_temp,
+                loss_scale=1.0 / n_micro,
+                update_centers=is_last,
+                compute_feature_stats=is_log_step and is_last,
+            )
+            for name, value in metrics.items():
+                step_metrics[name] = step_metrics.get(name, 0.0) + value / n_micro
+        reduced = model.all_reduce_metrics(step_metrics)
+        if not math.isfinite(reduced["total_loss"]):
+            terms = ", ".join(f"{name}={value:.6g}" for name, value in sorted(reduced.items()))
+            raise NonFiniteLossError(
+                f"non-finite loss at iteration {iteration}: {terms}; the step was not applied and the last "
+                f"checkpoint in {checkpointer.save_dir} is untouched"
+            )
+        grad_norms = clip_and_step(model, optimizer, cfg.optim.clip_grad)
+        model.update_teacher(momentum)
+
+        current_batch_size = micro_batches[0]["collated_global_crops"].shape[0] // 2 * n_micro
+        metric_logger.update(
+            lr=lr,
+            wd=wd,
+            mom=momentum,
+            last_layer_lr=last_layer_lr,
+            teacher_temp=teacher_temp,
+            current_batch_size=current_batch_size,
+            **reduced,
+            **grad_norms,
+            **(bad_image_metrics(dataset) if is_log_step else {}),
+        )
+        metric_logger.end_iteration()  # the metrics line is written before the checkpoint
+        if cfg.evaluation.eval_period_iterations > 0 and (iteration + 1) % cfg.evaluation.eval_period_iterations == 0:
+            do_test(cfg, model, f"training_{iteration}")
+        period = cfg.checkpointing.period_iterations
+        if iteration == ctx.max_iter - 1:
+            checkpointer.save("model_final", iteration=iteration, grad_scaler=model.grad_scaler)
+        elif preemption.should_stop(ctx.device):  # collective: polled on every iteration but the last
+            # SLURM time-out / preemption warning (dinov2.run.preemption): save what is done, let the launcher requeue
+            checkpointer.save(f"model_{iteration:07d}", iteration=iteration, grad_scaler=model.grad_scaler)
+            if tensorboard is not None:
+                tensorboard.close()
+            signum = preemption.requested_signal()
+            assert signum is not None, "should_stop() records the signal on every rank"
+            raise preemption.TrainingPreempted(iteration, signum)
+        elif period > 0 and (iteration + 1) % period == 0:
+            checkpointer.save(f"model_{iteration:07d}", iteration=iteration, grad_scaler=model.grad_scaler)
+        iteration += 1
+    metric_logger.synchronize_between_processes()
+    if tensorboard is not None:
+        tensorboard.close()
+    return {name: meter.global_avg for name, meter in metric_logger.meters.items()}
+
+
+def restore(
+    cfg: DictConfig, model: SSLMetaArch, checkpointer: Checkpointer, *, resume: bool
+) -> tuple[str, TrainerState] | None:
+    """Resume from the last checkpoint (returns its path and state), else load MODEL.WEIGHTS (model only),
+    else start from scratch (both return None)."""
+    latest = checkpointer.latest() if resume else None
+    if latest is not None:
+        trainer_state = checkpointer.load(latest)
+        assert trainer_state is not None, "a full load returns the trainer state"
+        if model.grad_scaler is not None and trainer_state.grad_scaler is not None:
+            model.grad_scaler.load_state_dict(trainer_state.grad_scaler)
+        return latest, trainer_state
+    if cfg.MODEL.WEIGHTS:
+        if not os.path.isdir(cfg.MODEL.WEIGHTS):
+            raise ResumeError(f"MODEL.WEIGHTS={cfg.MODEL.WEIGHTS!r} is not a checkpoint directory; fix MODEL.WEIGHTS")
+        checkpointer.load(cfg.MODEL.WEIGHTS, model_only=True)
+    else:
+        logger.info("no checkpoint to resume from: training from scratch")
+    return None
+
+
+def build_run_context(cfg: DictConfig, dataset_length: int) -> RunContext:
+    environment = distributed.get_environment()
+    assert environment is not None, "setup() enables the distributed environment first"
+    epoch_length = cfg.train.OFFICIAL_EPOCH_LENGTH
+    if epoch_length <= 0:
+        epoch_length = dataset_length // (
+            cfg.train.batch_size_per_gpu * environment.world_size * cfg.train.grad_accum_steps
+        )
+    return RunContext(
+        device=environment.device,
+        world_size=environment.world_size,
+        rank=environment.rank,
+        lr=cfg.optim.lr,
+        epoch_length=epoch_length,
+        max_iter=cfg.optim.epochs * epoch_length,
+    )
+
+
+def build_model(cfg: DictConfig, device: torch.device, meta_arch_factory: MetaArchFactory) -> SSLMetaArch:
+    """Meta-architecture on `device`, rank 0's initial weights everywhere, sharded when distributed."""
+    model = meta_arch_factory(cfg)
+    model.to(device)
+    distributed.broadcast_module_states_(model)
+    if distributed.is_enabled():
+        model.prepare_for_distributed_training(build_meshes(device))
+    model.build_grad_scaler(device)
+    logger.info("model:\n%s", model)
+    return model
+
+
+def main(args: argparse.Namespace, meta_arch_factory: MetaArchFactory = SSLMetaArch) -> dict[str, float]:
+    """Run one training job (or, with `--eval-only`, one teacher export) described by `args`."""
+    cfg = setup(args)
+    dataset = build_dataset(cfg)
+    ctx = build_run_context(cfg, len(dataset))
+    logger.info("run: %s", ctx)
+    model = build_model(cfg, ctx.device, meta_arch_factory)
+    if args.eval_only:
+        checkpointer = Checkpointer(
+            output_dir=cfg.train.output_dir, model=model, optimizer=None, max_to_keep=cfg.checkpointing.max_to_keep
+        )
+        latest = checkpointer.latest()
+        if latest is None:
+            raise ResumeError(f"--eval-only needs a checkpoint in {checkpointer.save_dir}; none was found")
+        checkpointer.load(latest, model_only=True)
+        iteration = torch.load(os.path.join(latest, "trainer_state.pth"), weights_only=True)["iteration"]
+        do_test(cfg, model, f"manual_{iteration}")
+        return {}
+    return do_train(cfg, model, ctx, dataset=dataset, resume=args.resume)

@@ -1,0 +1,194 @@
+"""The training entry point end to end on CPU: kill-and-resume, teacher export, NaN abort, config file."""
+
+import json
+import math
+import os
+import pathlib
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from dinov2.models import build_model_from_cfg
+from dinov2.train.checkpointer import Checkpointer, ResumeError
+from dinov2.train.ssl_meta_arch import SSLMetaArch
+from dinov2.train.train import NonFiniteLossError, get_args_parser, main, restore
+from dinov2.utils.checkpoint import load_pretrained_backbone
+from dinov2.utils.config import ConfigError, load_config
+
+ROOT = pathlib.Path(__file__).parents[3]
+TINY = ROOT / "configs" / "tiny" / "dinov2_test.yaml"
+# 8 iterations (E = 2), checkpoints after iterations 1, 3, 5 and model_final after 7, teacher exports at 3 and 7.
+RUN_OPTS = ["optim.epochs=4", "checkpointing.period_iterations=2", "checkpointing.max_to_keep=2",
+            "evaluation.eval_period_iterations=4"]  # fmt: skip
+
+
+def run_main(output_dir: pathlib.Path, *opts: str, resume: bool = True, eval_only: bool = False) -> dict:
+    argv = ["--config-file", str(TINY), "--output-dir", str(output_dir)]
+    argv += ["--resume" if resume else "--no-resume"] + (["--eval-only"] if eval_only else [])
+    return main(get_args_parser().parse_args([*argv, *RUN_OPTS, *opts]))
+
+
+def losses_by_iteration(output_dir: pathlib.Path) -> dict[int, dict[str, float]]:
+    """Exact per-iteration values; a later line for the same iteration (a resumed run) replaces the earlier."""
+    records = {}
+    for line in (output_dir / "training_metrics.json").read_text().splitlines():
+        record = json.loads(line)
+        records[record["iteration"]] = record["last"]
+    return records
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory) -> pathlib.Path:
+    output_dir = tmp_path_factory.mktemp("reference")
+    run_main(output_dir)
+    return output_dir
+
+
+def test_output_layout_and_resolved_config(reference_run):
+    cfg = OmegaConf.load(reference_run / "config.yaml")
+    assert cfg.optim.lr == pytest.approx(cfg.optim.base_lr * math.sqrt(4 / 1024))
+    assert cfg.train.output_dir == str(reference_run)
+    assert sorted(os.listdir(reference_run / "checkpoints")) == ["last_checkpoint", "model_0000003", "model_0000005",
+                                                                 "model_final"]  # fmt: skip
+    assert (reference_run / "checkpoints" / "last_checkpoint").read_text() == "model_final"
+    assert (reference_run / "logs" / "log.txt").is_file()
+    assert any(name.startswith("events.out.tfevents") for name in os.listdir(reference_run / "tensorboard"))
+    records = losses_by_iteration(reference_run)
+    assert sorted(records) == list(range(8))
+    expected = {"total_loss", "dino_local_crops_loss", "dino_global_crops_loss", "koleo_loss", "ibot_loss", "lr", "wd",
+                "mom", "last_layer_lr", "teacher_temp", "teacher_cls_effective_rank", "backbone_grad_norm"}  # fmt: skip
+    assert expected <= set(records[7])
+
+
+def test_teacher_export_loads_into_the_backbone(reference_run):
+    path = reference_run / "eval" / "training_7" / "teacher_checkpoint.pth"
+    exported = torch.load(path, weights_only=True)["teacher"]
+    assert {key.split(".")[0] for key in exported} == {"backbone", "dino_head"}
+    assert "dino_head.last_layer.weight_g" in exported
+    cfg = load_config(TINY, RUN_OPTS)
+    backbone, _ = build_model_from_cfg(cfg, only_teacher=True)
+    load_pretrained_backbone(backbone, path)
+    for name, value in backbone.state_dict().items():
+        torch.testing.assert_close(value, exported[f"backbone.{name}"])
+    # the export is the teacher of model_final
+    model = SSLMetaArch(cfg)
+    Checkpointer(output_dir=reference_run, model=model, optimizer=None, max_to_keep=2).load(
+        str(reference_run / "checkpoints" / "model_final"), model_only=True
+    )
+    for name, value in model.teacher.state_dict().items():
+        torch.testing.assert_close(value, exported[name])
+
+
+def test_sigkilled_run_resumes_on_the_uninterrupted_loss_curve(reference_run, tmp_path):
+    output_dir = tmp_path / "killed"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, str(ROOT / "tools" / "train.py"), "--config-file", str(TINY),
+               "--output-dir", str(output_dir), *RUN_OPTS]  # fmt: skip
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    tag = output_dir / "checkpoints" / "last_checkpoint"
+    deadline = time.time() + 240
+    while not tag.exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    _, stderr = process.communicate()
+    assert process.returncode == -signal.SIGKILL, stderr.decode()[-3000:]
+    assert not (output_dir / "checkpoints" / "model_final").exists(), "the run finished before it was killed"
+    killed_at = len(losses_by_iteration(output_dir))
+
+    run_main(output_dir)
+    starts = re.findall(r"starting training at iteration (\d+)", (output_dir / "logs" / "log.txt").read_text())
+    assert len(starts) == 2 and int(starts[1]) >= 2, f"the second run did not resume: started at {starts}"
+    reference, resumed = losses_by_iteration(reference_run), losses_by_iteration(output_dir)
+    assert sorted(resumed) == list(range(8)) and killed_at < 8
+    for iteration in range(8):
+        for name in ("total_loss", "dino_local_crops_loss", "ibot_loss", "koleo_loss", "lr", "backbone_grad_norm"):
+            assert resumed[iteration][name] == pytest.approx(reference[iteration][name], rel=1e-6), (iteration, name)
+    final = torch.load(output_dir / "eval" / "training_7" / "teacher_checkpoint.pth", weights_only=True)["teacher"]
+    expected = torch.load(reference_run / "eval" / "training_7" / "teacher_checkpoint.pth", weights_only=True)
+    for name, value in expected["teacher"].items():
+        torch.testing.assert_close(final[name], value, msg=name)
+
+
+def test_interrupted_save_leaves_the_previous_checkpoint(reference_run, tmp_path):
+    output_dir = tmp_path / "run"
+    shutil.copytree(reference_run, output_dir)
+    # what a save killed half-way leaves behind: a temporary directory with part of the files
+    partial = output_dir / "checkpoints" / ".tmp_model_0000009"
+    partial.mkdir()
+    (partial / "__0_0.distcp").write_bytes(b"truncated")
+    model = SSLMetaArch(load_config(TINY, RUN_OPTS))
+    checkpointer = Checkpointer(output_dir=output_dir, model=model, optimizer=None, max_to_keep=2)
+    assert checkpointer.latest() == str(output_dir / "checkpoints" / "model_final")
+    assert not partial.exists()
+
+
+def test_nan_loss_stops_with_step_and_terms_and_keeps_the_checkpoint(reference_run, tmp_path):
+    output_dir = tmp_path / "run"
+    shutil.copytree(reference_run, output_dir)
+    with pytest.raises(NonFiniteLossError, match=r"iteration 8: .*dino_global_crops_loss=nan"):
+        run_main(output_dir, "optim.epochs=5", "teacher.teacher_temp=0", "teacher.warmup_teacher_temp=0")
+    assert (output_dir / "checkpoints" / "last_checkpoint").read_text() == "model_final"
+    # --eval-only exports the teacher of the last good checkpoint
+    run_main(output_dir, eval_only=True)
+    assert (output_dir / "eval" / "manual_7" / "teacher_checkpoint.pth").is_file()
+
+
+def test_unknown_key_is_an_error_naming_it(tmp_path):
+    with pytest.raises(ConfigError, match="optim.epoch"):
+        run_main(tmp_path, "optim.epoch=3")
+
+
+def test_model_weights_and_pretrained_backbone_are_loaded(reference_run):
+    cfg = load_config(TINY, [*RUN_OPTS, f"MODEL.WEIGHTS={reference_run / 'checkpoints' / 'model_final'}"])
+    model = SSLMetaArch(cfg)
+    checkpointer = Checkpointer(output_dir=reference_run, model=model, optimizer=None, max_to_keep=2)
+    assert restore(cfg, model, checkpointer, resume=False) is None  # model only: training restarts at 0
+    export = torch.load(reference_run / "eval" / "training_7" / "teacher_checkpoint.pth", weights_only=True)
+    for name, value in model.teacher.state_dict().items():
+        torch.testing.assert_close(value, export["teacher"][name])
+
+    path = reference_run / "eval" / "training_7" / "teacher_checkpoint.pth"
+    model = SSLMetaArch(load_config(TINY, [f"student.pretrained_weights={path}"]))
+    for name, value in model.student["backbone"].state_dict().items():
+        torch.testing.assert_close(value, export["teacher"][f"backbone.{name}"])
+        torch.testing.assert_close(model.teacher["backbone"].state_dict()[name], value)
+
+
+def test_resume_failures_raise(reference_run, tmp_path):
+    output_dir = tmp_path / "run"
+    (output_dir / "checkpoints").mkdir(parents=True)
+    (output_dir / "checkpoints" / "last_checkpoint").write_text("model_0000042")
+    model = SSLMetaArch(load_config(TINY))
+    with pytest.raises(ResumeError, match="model_0000042"):
+        Checkpointer(output_dir=output_dir, model=model, optimizer=None, max_to_keep=1).latest()
+    # a checkpoint of a different model (other head size) does not load, and says why
+    other = SSLMetaArch(load_config(TINY, ["dino.head_n_prototypes=32", "ibot.head_n_prototypes=32"]))
+    checkpointer = Checkpointer(output_dir=reference_run, model=other, optimizer=None, max_to_keep=2)
+    with pytest.raises(ResumeError, match="could not restore checkpoint"):
+        checkpointer.load(str(reference_run / "checkpoints" / "model_final"), model_only=True)
+
+
+def test_bad_image_counter_is_logged(tmp_path):
+    from PIL import Image
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(7):
+        Image.new("RGB", (32, 32), color=(30 * i, 255 - 30 * i, 7 * i)).save(images / f"img{i}.png")
+    (images / "img7.png").write_bytes(b"not a png")
+    output_dir = tmp_path / "run"
+    # 2 iterations of 4 images: one pass over the 8 files, so the broken one is read once
+    run_main(output_dir, f"train.dataset_path=ImageFolder:root={images}", "train.max_bad_image_fraction=0.5",
+             "optim.epochs=1", "optim.warmup_epochs=0", "teacher.warmup_teacher_temp_epochs=0",
+             "optim.freeze_last_layer_epochs=0")  # fmt: skip
+    records = [json.loads(line) for line in (output_dir / "training_metrics.json").read_text().splitlines()]
+    assert records[-1]["iteration"] == 1
+    assert records[-1]["last"]["bad_images"] == 1.0
+    assert records[-1]["last"]["bad_image_fraction"] == pytest.approx(1 / 9)
