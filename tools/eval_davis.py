@@ -23,6 +23,7 @@ from typing import Sequence
 
 from dinov2.eval.setup import add_backbone_args, backbone_from_args
 from dinov2.logging import setup_logging
+from dinov2.run.submit import add_submit_args, submit
 from dinov2.utils.device import default_device
 from eval.davis import PropagationConfig, evaluate_results, run_label_propagation, write_results_csvs
 from eval.davis.evaluation import GLOBAL_COLUMNS
@@ -50,6 +51,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--temperature", type=float, default=0.1, help="affinity = exp(cosine / temperature)")
     parser.add_argument("--short-side", type=int, default=480, help="frames are resized to this short side")
     parser.add_argument("--batch-size", type=int, default=8, help="frames per backbone forward")
+    add_submit_args(parser, max_tasks=1)
     return parser
 
 
@@ -107,6 +109,10 @@ def main(args: argparse.Namespace) -> dict[str, float]:
 
 def cli(argv: Sequence[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
+    if args.submit:
+        job = submit(main, args, name="dinov2:eval_davis")
+        print(f"submitted job {job.job_id}; submitit logs in {args.job_dir or args.output_dir}")
+        return 0
     main(args)
     return 0
 

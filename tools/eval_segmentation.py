@@ -24,6 +24,7 @@ from typing import Any, Sequence
 from dinov2 import distributed
 from dinov2.eval.setup import add_backbone_args, build_backbone_for_eval
 from dinov2.logging import setup_logging
+from dinov2.run.submit import add_submit_args, submit
 from eval.segmentation.configs import DEFAULT_CROP_SIZE, OFFICIAL_BATCH_SIZE, OFFICIAL_ITERS, PROTOCOLS, ade20k_config
 from eval.segmentation.run import predict_samples, save_head, save_prediction_figure, train_and_evaluate
 
@@ -50,6 +51,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument(
         "--num-vis-images", type=int, default=4, help="validation images in predictions.png (0: no figure)"
     )
+    add_submit_args(parser)
     return parser
 
 
@@ -142,6 +144,10 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 
 def cli(argv: Sequence[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
+    if args.submit:
+        job = submit(main, args, name="dinov2:eval_segmentation")
+        print(f"submitted job {job.job_id}; submitit logs in {args.job_dir or args.output_dir}")
+        return 0
     main(args)
     return 0
 

@@ -77,16 +77,18 @@ CONF
   retry 30 bash -c 'exec 3<>/dev/tcp/127.0.0.1/6819'
 }
 
-write_slurm_conf() {
+write_slurm_conf() { # writes /etc/slurm/slurm.conf.new
   local cpus mem_mb
   cpus=$(nproc)
   mem_mb=$(($(free -m | awk '/^Mem:/ {print $2}') - 1024))
-  cat >/etc/slurm/slurm.conf <<CONF
+  cat >/etc/slurm/slurm.conf.new <<CONF
 ClusterName=${CLUSTER_NAME}
 SlurmctldHost=localhost(127.0.0.1)
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
+# cred_expire also sets how long a requeued job waits before it may start again (default 120 s)
+AuthInfo=cred_expire=10
 CredType=cred/munge
 MpiDefault=none
 ProctrackType=proctrack/linuxproc
@@ -98,6 +100,8 @@ AccountingStoragePort=6819
 JobCompType=jobcomp/none
 SwitchType=switch/none
 SchedulerType=sched/backfill
+# look at pending jobs every second (default 60 s): a requeued job starts as soon as its begin time passes
+SchedulerParameters=sched_interval=1,bf_interval=1
 SelectType=select/cons_tres
 SelectTypeParameters=CR_CPU
 ReturnToService=2
@@ -129,7 +133,21 @@ start() {
   start_accounting
   log "slurmdbd up"
   write_slurm_conf
+  local reconfigure=0
+  if cmp -s /etc/slurm/slurm.conf.new /etc/slurm/slurm.conf; then
+    rm /etc/slurm/slurm.conf.new
+  else
+    mv /etc/slurm/slurm.conf.new /etc/slurm/slurm.conf
+    reconfigure=1
+  fi
   sacctmgr -i -n -P show cluster format=cluster | grep -qx "$CLUSTER_NAME" || sacctmgr -i add cluster "$CLUSTER_NAME" >/dev/null
+  if running /run/slurm/slurmctld.pid && ((reconfigure)); then
+    # a second start with a changed slurm.conf: restart the controller (running jobs survive it; a plain
+    # `scontrol reconfigure` would not apply AuthInfo) and let slurmd reread the file
+    log "slurm.conf changed: restarting slurmctld"
+    stop_daemon /run/slurm/slurmctld.pid
+    running /run/slurm/slurmd.pid && kill -HUP "$(cat /run/slurm/slurmd.pid)"
+  fi
   running /run/slurm/slurmctld.pid || slurmctld
   retry 30 scontrol ping
   # -N localhost: the node is called localhost whatever this machine's hostname is.
@@ -139,15 +157,18 @@ start() {
   log "cluster ${CLUSTER_NAME} up: partition debug, $(nproc) CPUs"
 }
 
+stop_daemon() { # stop_daemon PIDFILE: TERM, then KILL after 10 s
+  local pid
+  running "$1" || return 0
+  pid=$(cat "$1")
+  kill "$pid"
+  retry 10 bash -c "! kill -0 $pid" || kill -9 "$pid"
+  log "stopped $(basename "$1" .pid) (pid $pid)"
+}
+
 stop() {
-  local pidfile pid
-  for pidfile in "${PIDS[@]}"; do
-    running "$pidfile" || continue
-    pid=$(cat "$pidfile")
-    kill "$pid"
-    retry 10 bash -c "! kill -0 $pid" || kill -9 "$pid"
-    log "stopped $(basename "$pidfile" .pid) (pid $pid)"
-  done
+  local pidfile
+  for pidfile in "${PIDS[@]}"; do stop_daemon "$pidfile"; done
 }
 
 status() {

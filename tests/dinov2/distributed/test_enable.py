@@ -1,4 +1,5 @@
 import logging
+import os
 
 import pytest
 import torch
@@ -70,8 +71,8 @@ def test_a_single_slurm_task_initialises_gloo(monkeypatch, tmp_path):
         assert x.tolist() == [3.0, 3.0]
     finally:
         distributed.disable()
-        for name in TORCHRUN:
-            monkeypatch.delenv(name, raising=False)
+        for name in TORCHRUN:  # exported by enable(); monkeypatch would restore them at teardown
+            os.environ.pop(name, None)
 
 
 def test_setup_logging_writes_the_rank_file(tmp_path):

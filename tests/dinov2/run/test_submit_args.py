@@ -1,0 +1,141 @@
+"""The launcher pieces that need no running cluster: submit flags -> submitit parameters -> sbatch script,
+SLURM node lists (checked against SLURM's own `scontrol show hostnames`), and the preemption handler."""
+
+import argparse
+import os
+import pathlib
+import signal
+import subprocess
+
+import pytest
+import submitit
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from submitit.slurm.slurm import _make_sbatch_string
+
+from dinov2 import distributed
+from dinov2.run import preemption
+from dinov2.run.submit import add_submit_args, slurm_parameters, submit
+
+REPO = pathlib.Path(__file__).resolve().parents[3]
+
+
+def parse(*argv: str) -> argparse.Namespace:
+    parser = add_submit_args(argparse.ArgumentParser())
+    parser.add_argument("--output-dir", default=None)
+    return parser.parse_args(list(argv))
+
+
+def test_defaults_are_one_task_per_gpu_on_eight_gpus():
+    params = slurm_parameters(parse())
+    assert params == {
+        "nodes": 1,
+        "tasks_per_node": 8,
+        "gpus_per_node": 8,
+        "cpus_per_task": 10,
+        "timeout_min": 2800,
+        "slurm_signal_delay_s": 120,
+        "slurm_srun_args": ["--kill-on-bad-exit=1"],
+        "slurm_setup": [f"export PYTHONPATH={REPO}${{PYTHONPATH:+:$PYTHONPATH}}"],
+    }
+
+
+def test_single_process_tools_refuse_several_tasks():
+    parser = add_submit_args(argparse.ArgumentParser(), max_tasks=1)
+    params = slurm_parameters(parser.parse_args([]))
+    assert (params["nodes"], params["tasks_per_node"], params["gpus_per_node"]) == (1, 1, 1)
+    with pytest.raises(ValueError, match="asks for 4 tasks, but this tool runs at most 1"):
+        slurm_parameters(parser.parse_args(["--ngpus", "4"]))
+
+
+def test_cpu_tasks_and_every_optional_flag():
+    args = parse(
+        "--nnodes", "4", "--ngpus", "0", "--tasks-per-node", "2", "--cpus-per-task", "3", "--timeout", "60",
+        "--partition", "learn", "--account", "vision", "--qos", "high", "--comment", "deadline",
+        "--exclude", "node[01-02]", "--constraint", "volta32gb", "--mem", "64", "--signal-delay", "30",
+    )  # fmt: skip
+    params = slurm_parameters(args)
+    assert "gpus_per_node" not in params
+    assert (params["nodes"], params["tasks_per_node"], params["cpus_per_task"]) == (4, 2, 3)
+    assert params["timeout_min"] == 60 and params["slurm_signal_delay_s"] == 30 and params["mem_gb"] == 64
+    expected = {"slurm_partition": "learn", "slurm_account": "vision", "slurm_qos": "high", "slurm_comment": "deadline",
+                "slurm_exclude": "node[01-02]", "slurm_constraint": "volta32gb"}  # fmt: skip
+    assert {key: params[key] for key in expected} == expected
+    assert parse("--gpus-per-node", "2").ngpus == 2 and parse("--gpus", "3").ngpus == 3
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [(("--nodes", "0"), "--nodes=0 must be at least 1"), (("--ngpus", "-1"), "--ngpus=-1 must be at least 0"),
+     (("--tasks-per-node", "0"), "--tasks-per-node=0 must be at least 1")],
+)  # fmt: skip
+def test_bad_counts_name_the_flag(argv, message):
+    with pytest.raises(ValueError, match=message):
+        slurm_parameters(parse(*argv))
+
+
+def test_parameters_render_into_the_sbatch_script(tmp_path):
+    """submitit accepts every key and writes the matching #SBATCH lines (rendered by submitit, not submitted)."""
+    args = parse("--ngpus", "2", "--partition", "learn", "--account", "vision", "--qos", "high", "--mem", "64",
+                 "--exclude", "node3", "--constraint", "volta32gb", "--comment", "c1", "--timeout", "90")  # fmt: skip
+    executor = submitit.AutoExecutor(folder=tmp_path, cluster="slurm")
+    executor.update_parameters(name="dinov2:train", **slurm_parameters(args))
+    script = _make_sbatch_string(command="python -m x", folder=tmp_path, **executor._executor.parameters)
+    for line in ["--account=vision", "--qos=high", "--partition=learn", "--gpus-per-node=2", "--ntasks-per-node=2",
+                 "--cpus-per-task=10", "--mem=64GB", "--exclude=node3", "--constraint=volta32gb", "--comment=c1",
+                 "--time=90", "--signal=USR2@120", "--job-name=dinov2:train"]:  # fmt: skip
+        assert f"#SBATCH {line}\n" in script, line
+    assert "srun --unbuffered" in script and "--kill-on-bad-exit=1" in script
+    assert f"export PYTHONPATH={REPO}" in script.split("srun")[0]  # the job imports this checkout
+
+
+def test_submit_needs_a_folder():
+    with pytest.raises(ValueError, match="--job-dir or --output-dir"):
+        submit(print, parse("--ngpus", "0"), "x")
+
+
+@pytest.mark.parametrize("nodelist", ["localhost", "gpu[01-03,7],cpu7", "a[098-100]", "n1,n[5-6]"])
+def test_nodelist_expansion_matches_scontrol(nodelist):
+    expanded = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True, check=True)
+    assert distributed.parse_slurm_nodelist(nodelist) == expanded.stdout.split()
+
+
+@pytest.fixture
+def usr2_restored():
+    previous = signal.getsignal(signal.SIGUSR2)
+    preemption.reset()
+    yield
+    preemption.reset()
+    signal.signal(signal.SIGUSR2, previous)
+
+
+def test_signal_goes_to_the_fallback_until_the_loop_polls(usr2_restored):
+    handed_over = []
+    preemption.install_handler(signal.SIGUSR2, fallback=lambda signum, frame: handed_over.append(signum))
+    os.kill(os.getpid(), signal.SIGUSR2)
+    assert handed_over == [signal.SIGUSR2] and preemption.requested_signal() is None
+    assert not preemption.should_stop(torch.device("cpu"))  # the loop polls from now on
+    os.kill(os.getpid(), signal.SIGUSR2)
+    assert handed_over == [signal.SIGUSR2] and preemption.requested_signal() == signal.SIGUSR2
+    assert preemption.should_stop(torch.device("cpu"))
+    error = preemption.TrainingPreempted(41, signal.SIGUSR2)
+    assert str(error) == "stopped after iteration 41 on signal SIGUSR2"
+
+
+def _agree(rank: int, port: int, results: "mp.SimpleQueue") -> None:
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    cpu = torch.device("cpu")
+    before = preemption.should_stop(cpu)
+    if rank == 1:
+        preemption.request_stop(signal.SIGUSR2)
+    after = preemption.should_stop(cpu)
+    results.put((rank, before, after, preemption.requested_signal()))
+    dist.destroy_process_group()
+
+
+def test_one_rank_signalled_stops_every_rank_at_the_same_iteration():
+    results = mp.get_context("spawn").SimpleQueue()
+    mp.spawn(_agree, args=(distributed.free_port(), results), nprocs=2)
+    outcome = sorted(results.get() for _ in range(2))
+    assert outcome == [(0, False, True, signal.SIGUSR2), (1, False, True, signal.SIGUSR2)]

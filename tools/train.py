@@ -1,0 +1,32 @@
+"""Train DINOv2 or SimDINO / SimDINOv2 (chosen by the config, see simdinov2/train/build.py): one process,
+torchrun, or SLURM jobs (--submit).
+
+    python tools/train.py --config-file configs/tiny/dinov2_digits.yaml --output-dir runs/tiny
+    torchrun --nproc_per_node 8 tools/train.py --config-file configs/dinov2_vitl16.yaml --output-dir runs/l16 \
+        train.dataset_path=ImageNet:split=TRAIN:root=/data/imagenet:extra=/data/imagenet-extra
+    python tools/train.py --submit --nodes 2 --ngpus 8 --partition PART --config-file configs/dinov2_vitl16.yaml \
+        --output-dir /checkpoint/$USER/l16 train.dataset_path=ImageNet:split=TRAIN:root=/data/imagenet:extra=...
+
+With --submit (flags of dinov2.run.submit.add_submit_args; they go before the key=value overrides) the job
+runs one task per GPU on every node, checkpoints and requeues itself on SLURM's time-limit warning, and
+resumes in the same output directory.
+"""
+
+import functools
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from dinov2.run.submit import add_submit_args, submit  # noqa: E402
+from dinov2.train.train import get_args_parser, main  # noqa: E402
+from simdinov2.train.build import build_meta_arch  # noqa: E402
+
+if __name__ == "__main__":
+    args = add_submit_args(get_args_parser()).parse_args()
+    train = functools.partial(main, meta_arch_factory=build_meta_arch)
+    if args.submit:
+        job = submit(train, args, name="dinov2:train")
+        print(f"submitted job {job.job_id}; training outputs and submitit logs in {args.output_dir}")
+    else:
+        train(args)
