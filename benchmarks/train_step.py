@@ -17,7 +17,6 @@ CPU memory is the peak resident set size of a fresh child process that runs that
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -162,8 +161,23 @@ def measure_one(args: argparse.Namespace, device: torch.device) -> dict[str, Any
         peak = peak_flops(device, args.peak_tflops)
         result["mfu"] = flops / median(times) / peak if peak is not None else None
     else:
-        result["peak_rss_GiB"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+        result["peak_rss_GiB"] = peak_rss_gib()
     return result
+
+
+def peak_rss_gib() -> float:
+    """Peak resident set size (GiB) of this process since its exec: VmHWM of /proc/self/status (Linux).
+
+    Not `getrusage(...).ru_maxrss`: Linux carries a forked child's pre-exec high-water mark over the exec, so
+    every child of the --compare parent would report at least the parent's RSS at fork time.
+    """
+    if not os.path.exists("/proc/self/status"):
+        raise RuntimeError("CPU peak memory is read from /proc/self/status (VmHWM), which needs Linux")
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 2**20  # kB -> GiB
+    raise RuntimeError("/proc/self/status has no VmHWM line")
 
 
 def child_peak_rss(config_file: str, args: argparse.Namespace) -> float:
