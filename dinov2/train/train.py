@@ -93,9 +93,8 @@ def setup(args: argparse.Namespace) -> DictConfig:
     setup_logging(output_dir)
     logger.info("launch: %s", environment)
     logger.info("arguments: %s", vars(args))
-    fix_random_seeds(cfg.train.seed + environment.rank)
     torch.backends.cuda.matmul.allow_tf32 = True  # official DINOv2 (set at import there); fp32 matmuls on CUDA only
-    logger.info("seed %d (train.seed + rank), TF32 matmuls allowed", cfg.train.seed + environment.rank)
+    logger.info("TF32 matmuls allowed")
     cfg.optim.lr = scaled_lr(cfg, environment.world_size)
     logger.info(
         "optim.lr = %.6g (optim.base_lr %g, rule %s, global batch %d x %d x %d)",
@@ -452,6 +451,11 @@ def main(args: argparse.Namespace, meta_arch_factory: MetaArchFactory = SSLMetaA
     """Run one training job (or, with `--eval-only`, one teacher export) described by `args`."""
     cfg = setup(args)
     dataset = build_dataset(cfg)
+    # Seed after the dataset is built: building it may import libraries (scikit-learn for Digits) whose first
+    # import draws from Python's `random`, which would make the run depend on what the process imported before.
+    seed = cfg.train.seed + distributed.get_global_rank()
+    fix_random_seeds(seed)
+    logger.info("seed %d (train.seed + rank)", seed)
     ctx = build_run_context(cfg, len(dataset))
     logger.info("run: %s", ctx)
     model = build_model(cfg, ctx.device, meta_arch_factory)

@@ -29,8 +29,6 @@ TINY_OPTS = [
     "compute_precision.teacher.backbone.mixed_precision.param_dtype=fp32",
 ]
 HUB_ARGS = ["--arch", "vit_tiny", "--patch-size", "8", "--opts", "student.depth=2", "crops.global_crops_size=32"]
-DIGITS_ARGS = ["--train-dataset", "Digits:split=TRAIN", "--val-dataset", "Digits:split=VAL"]
-SMALL_IMAGES = ["--resize-size", "32", "--crop-size", "32", "--num-workers", "0", "--autocast-dtype", "config"]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -3,7 +3,7 @@ import logging
 
 import pytest
 import torch
-from conftest import DIGITS_ARGS, SMALL_IMAGES
+from eval_cli_args import DIGITS_ARGS, SMALL_IMAGES
 from test_eval_knn import load_tool
 from torch.utils.data import Dataset
 

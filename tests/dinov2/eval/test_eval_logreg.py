@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import DIGITS_ARGS, SMALL_IMAGES
+from eval_cli_args import DIGITS_ARGS, SMALL_IMAGES
 from test_eval_knn import load_tool
 
 from dinov2.eval.log_regression import DEFAULT_C_VALUES, eval_log_regression, resolve_backend, split_selection_set
