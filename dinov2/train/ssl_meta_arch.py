@@ -142,7 +142,8 @@ class SSLMetaArch(nn.Module):
         """The heads of one network (called once for the student, once for the teacher).
 
         `dino_head` whenever DINO or iBOT is on (FIX spec 12.1 #8: official needs DINO on), `ibot_head`
-        with `ibot.separate_head`.
+        with `ibot.separate_head`. `*.head_normalize=false` drops the l2-normalisation before the prototype
+        layer (the "no last-layer normalization" perturbation of the SimDINO paper's Table 5).
         """
         dino = self.cfg.dino
         heads: dict[str, nn.Module] = {
@@ -152,6 +153,7 @@ class SSLMetaArch(nn.Module):
                 nlayers=dino.head_nlayers,
                 hidden_dim=dino.head_hidden_dim,
                 bottleneck_dim=dino.head_bottleneck_dim,
+                normalize=dino.head_normalize,
             )
         }
         if self.use_separate_ibot_head:
@@ -162,6 +164,7 @@ class SSLMetaArch(nn.Module):
                 nlayers=ibot.head_nlayers,
                 hidden_dim=ibot.head_hidden_dim,
                 bottleneck_dim=ibot.head_bottleneck_dim,
+                normalize=ibot.head_normalize,
             )
         return heads
 

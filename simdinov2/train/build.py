@@ -48,8 +48,6 @@ def select_meta_arch(cfg: DictConfig) -> type[SSLMetaArch]:
         for key, value, default in (
             ("dino.remove_last_layer", cfg.dino.remove_last_layer, False),
             ("ibot.remove_last_layer", cfg.ibot.remove_last_layer, False),
-            ("dino.head_normalize", cfg.dino.head_normalize, True),
-            ("ibot.head_normalize", cfg.ibot.head_normalize, True),
         ):
             if value != default:
                 raise ValueError(

@@ -52,7 +52,7 @@ def test_every_recipe_loads_and_selects_its_objective(recipe, expected):
         (["ibot.use_mcr=true"], r"\(dino.use_mcr, ibot.use_mcr\)=\(False, True\) is not one of"),
         (["dino.use_mcr=1", "ibot.use_mcr=1"], r"dino.use_mcr=1 is not one of \[true, false\]"),
         (["dino.remove_last_layer=true"], r"dino.remove_last_layer=True only applies to SimDINO"),
-        (["ibot.head_normalize=false"], r"ibot.head_normalize=False only applies to SimDINO"),
+        (["ibot.remove_last_layer=true"], r"ibot.remove_last_layer=True only applies to SimDINO"),
     ],
 )
 def test_inconsistent_dinov2_settings_name_the_keys(overrides, match):
@@ -74,3 +74,10 @@ def test_inconsistent_dinov2_settings_name_the_keys(overrides, match):
 def test_inconsistent_simdino_settings_name_the_keys(overrides, match):
     with pytest.raises(ValueError, match=match):
         build_meta_arch(load_config(SIMDINO_TINY, overrides))
+
+
+def test_dinov2_head_normalize_false_drops_the_normalisation_before_the_prototypes():
+    """Table 5's "no last-layer normalization" perturbation is a valid DINOv2 config."""
+    model = build_meta_arch(load_config(DINOV2_TINY, ["dino.head_normalize=false"]))
+    assert model.student["dino_head"].normalize is False and model.teacher["dino_head"].normalize is False
+    assert build_meta_arch(load_config(DINOV2_TINY)).student["dino_head"].normalize is True
