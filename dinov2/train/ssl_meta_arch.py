@@ -143,30 +143,27 @@ class SSLMetaArch(nn.Module):
 
         `dino_head` whenever DINO or iBOT is on (FIX spec 12.1 #8: official needs DINO on), `ibot_head`
         with `ibot.separate_head`. `*.head_normalize=false` drops the l2-normalisation before the prototype
-        layer (the "no last-layer normalization" perturbation of the SimDINO paper's Table 5).
+        layer (the "no last-layer normalization" perturbation of the SimDINO paper's Table 5);
+        `*.remove_last_layer=true` (SimDINO) drops the prototype layer itself.
         """
-        dino = self.cfg.dino
-        heads: dict[str, nn.Module] = {
-            "dino_head": DINOHead(
-                embed_dim,
-                dino.head_n_prototypes,
-                nlayers=dino.head_nlayers,
-                hidden_dim=dino.head_hidden_dim,
-                bottleneck_dim=dino.head_bottleneck_dim,
-                normalize=dino.head_normalize,
-            )
-        }
+        heads: dict[str, nn.Module] = {"dino_head": self._build_head(embed_dim, self.cfg.dino)}
         if self.use_separate_ibot_head:
-            ibot = self.cfg.ibot
-            heads["ibot_head"] = DINOHead(
-                embed_dim,
-                ibot.head_n_prototypes,
-                nlayers=ibot.head_nlayers,
-                hidden_dim=ibot.head_hidden_dim,
-                bottleneck_dim=ibot.head_bottleneck_dim,
-                normalize=ibot.head_normalize,
-            )
+            heads["ibot_head"] = self._build_head(embed_dim, self.cfg.ibot)
         return heads
+
+    @staticmethod
+    def _build_head(embed_dim: int, section: DictConfig) -> DINOHead:
+        """DINOHead from the `dino` or `ibot` config section; output K = prototypes, or the bottleneck without them."""
+        out_dim = section.head_bottleneck_dim if section.remove_last_layer else section.head_n_prototypes
+        return DINOHead(
+            embed_dim,
+            out_dim,
+            nlayers=section.head_nlayers,
+            hidden_dim=section.head_hidden_dim,
+            bottleneck_dim=section.head_bottleneck_dim,
+            normalize=section.head_normalize,
+            remove_last_layer=section.remove_last_layer,
+        )
 
     def build_losses(self) -> dict[str, float]:
         """Register the loss modules; return the weight of every term `compute_losses` produces."""

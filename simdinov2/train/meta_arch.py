@@ -24,10 +24,7 @@ import logging
 
 import torch
 from omegaconf import DictConfig
-from torch import nn
 
-from dinov2.fsdp import reshard_
-from dinov2.layers.dino_head import DINOHead
 from dinov2.train.ssl_meta_arch import Batch, SSLMetaArch, Tensors
 from simdinov2.loss import CosinePatchLoss, MCRLoss
 
@@ -89,37 +86,6 @@ class SimDINOMetaArch(SSLMetaArch):
     # ------------------------------------------------------------------------------------------------------
     # Construction hooks
     # ------------------------------------------------------------------------------------------------------
-    def build_heads(self, embed_dim: int) -> dict[str, nn.Module]:
-        """`dino_head` (shared by CLS and patches) and, with `ibot.separate_head`, `ibot_head`; no prototypes.
-
-        `check_simdino_config` requires `dino.remove_last_layer` and, for a separate head, `ibot.remove_last_layer`
-        (official decides the separate head's output size from `dino.remove_last_layer`, spec 10.2 FIX).
-        """
-        dino = self.cfg.dino
-        heads: dict[str, nn.Module] = {
-            "dino_head": DINOHead(
-                embed_dim,
-                dino.head_bottleneck_dim,
-                nlayers=dino.head_nlayers,
-                hidden_dim=dino.head_hidden_dim,
-                bottleneck_dim=dino.head_bottleneck_dim,
-                normalize=dino.head_normalize,
-                remove_last_layer=True,
-            )
-        }
-        if self.use_separate_ibot_head:
-            ibot = self.cfg.ibot
-            heads["ibot_head"] = DINOHead(
-                embed_dim,
-                ibot.head_bottleneck_dim,
-                nlayers=ibot.head_nlayers,
-                hidden_dim=ibot.head_hidden_dim,
-                bottleneck_dim=ibot.head_bottleneck_dim,
-                normalize=ibot.head_normalize,
-                remove_last_layer=True,
-            )
-        return heads
-
     def build_losses(self) -> dict[str, float]:
         """MCRLoss (`dino_loss`) and CosinePatchLoss (`ibot_patch_loss`); the weight of each term."""
         dino_out_dim = self.cfg.dino.head_bottleneck_dim
@@ -166,8 +132,6 @@ class SimDINOMetaArch(SSLMetaArch):
         if not self.use_ibot:
             masked_patches = masked_patches[:0]
         cls_features, patch_features = self._head_logits("teacher", teacher_cls, masked_patches, device)
-        if self.is_sharded:
-            reshard_(self.teacher)
         return {
             "teacher_cls": teacher_cls.float().unflatten(0, (self.n_global_crops, n_images)),
             "teacher_cls_features": cls_features.float().unflatten(0, (self.n_global_crops, n_images)),
