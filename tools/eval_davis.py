@@ -23,7 +23,7 @@ from typing import Sequence
 
 from dinov2.eval.setup import add_backbone_args, backbone_from_args
 from dinov2.logging import setup_logging
-from dinov2.run.submit import add_submit_args, submit
+from dinov2.run.submit import add_submit_args, run_or_submit
 from dinov2.utils.device import default_device
 from eval.davis import PropagationConfig, evaluate_results, run_label_propagation, write_results_csvs
 from eval.davis.evaluation import GLOBAL_COLUMNS
@@ -108,12 +108,7 @@ def main(args: argparse.Namespace) -> dict[str, float]:
 
 
 def cli(argv: Sequence[str] | None = None) -> int:
-    args = get_args_parser().parse_args(argv)
-    if args.submit:
-        job = submit(main, args, name="dinov2:eval_davis")
-        print(f"submitted job {job.job_id}; submitit logs in {args.job_dir or args.output_dir}")
-        return 0
-    main(args)
+    run_or_submit(main, get_args_parser().parse_args(argv), name="dinov2:eval_davis", echo=print)
     return 0
 
 

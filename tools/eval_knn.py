@@ -19,7 +19,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # a checko
 from dinov2.data import make_classification_eval_transform, make_dataset  # noqa: E402
 from dinov2.eval.cli import add_eval_args, setup_eval  # noqa: E402
 from dinov2.eval.knn import DEFAULT_NB_KNN, DEFAULT_TEMPERATURE, eval_knn  # noqa: E402
-from dinov2.run.submit import add_submit_args, submit  # noqa: E402
+from dinov2.run.submit import add_submit_args, run_or_submit  # noqa: E402
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -69,10 +69,7 @@ def main(args: argparse.Namespace) -> dict[str, float]:
 
 if __name__ == "__main__":
     args = get_args_parser().parse_args()
-    if args.submit:
-        job = submit(main, args, name="dinov2:eval_knn")
-        print(f"submitted job {job.job_id}; results and logs in {args.output_dir}")
-    else:
-        results = main(args)
+    results = run_or_submit(main, args, name="dinov2:eval_knn", echo=print)
+    if not args.submit:
         for key, value in results.items():
             print(f"{key}: {value:.2f}")

@@ -30,7 +30,7 @@ from dinov2.eval.linear import (
     eval_linear,
 )
 from dinov2.eval.metrics import METRIC_TYPES, check_metric_type  # noqa: E402
-from dinov2.run.submit import add_submit_args, submit  # noqa: E402
+from dinov2.run.submit import add_submit_args, run_or_submit  # noqa: E402
 
 AVGPOOL_CHOICES = {"both": (False, True), "off": (False,), "on": (True,)}
 
@@ -141,9 +141,6 @@ def main(args: argparse.Namespace) -> dict:
 
 if __name__ == "__main__":
     args = get_args_parser().parse_args()
-    if args.submit:
-        job = submit(main, args, name="dinov2:eval_linear")
-        print(f"submitted job {job.job_id}; results and logs in {args.output_dir}")
-    else:
-        results = main(args)
+    results = run_or_submit(main, args, name="dinov2:eval_linear", echo=print)
+    if not args.submit:
         print(f"best classifier: {results['best_classifier']}")

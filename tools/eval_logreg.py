@@ -24,7 +24,7 @@ from dinov2.eval.cli import add_eval_args, setup_eval  # noqa: E402
 from dinov2.eval.log_regression import DEFAULT_C_VALUES, DEFAULT_MAX_ITER, eval_log_regression  # noqa: E402
 from dinov2.eval.metrics import METRIC_TYPES  # noqa: E402
 from dinov2.eval.utils import extract_features  # noqa: E402
-from dinov2.run.submit import add_submit_args, submit  # noqa: E402
+from dinov2.run.submit import add_submit_args, run_or_submit  # noqa: E402
 
 RESULTS_FILENAME = "results_eval_log_regression.json"
 
@@ -84,10 +84,7 @@ def main(args: argparse.Namespace) -> dict[str, float]:
 
 if __name__ == "__main__":
     args = get_args_parser().parse_args()
-    if args.submit:
-        job = submit(main, args, name="dinov2:eval_logreg")
-        print(f"submitted job {job.job_id}; results and logs in {args.output_dir}")
-    else:
-        results = main(args)
+    results = run_or_submit(main, args, name="dinov2:eval_logreg", echo=print)
+    if not args.submit:
         for key, value in results.items():
             print(f"{key}: {value}")

@@ -25,7 +25,7 @@ from PIL import Image
 
 from dinov2.eval.setup import add_backbone_args, backbone_from_args
 from dinov2.logging import setup_logging
-from dinov2.run.submit import add_submit_args, submit
+from dinov2.run.submit import add_submit_args, run_or_submit
 from dinov2.utils.device import default_device
 from eval.maskcut import MaskCut, evaluate_class_agnostic, masks_to_coco_results, overlay_masks, sort_results
 from eval.maskcut.maskcut import FeatureName
@@ -204,12 +204,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cli(argv: Sequence[str] | None = None) -> int:
-    args = get_args_parser().parse_args(argv)
-    if args.submit:
-        job = submit(main, args, name="dinov2:eval_maskcut")
-        print(f"submitted job {job.job_id}; submitit logs in {args.job_dir or args.output_dir}")
-        return 0
-    main(args)
+    run_or_submit(main, get_args_parser().parse_args(argv), name="dinov2:eval_maskcut", echo=print)
     return 0
 
 

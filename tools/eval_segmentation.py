@@ -24,7 +24,7 @@ from typing import Any, Sequence
 from dinov2 import distributed
 from dinov2.eval.setup import add_backbone_args, build_backbone_for_eval
 from dinov2.logging import setup_logging
-from dinov2.run.submit import add_submit_args, submit
+from dinov2.run.submit import add_submit_args, run_or_submit
 from eval.segmentation.configs import DEFAULT_CROP_SIZE, OFFICIAL_BATCH_SIZE, OFFICIAL_ITERS, PROTOCOLS, ade20k_config
 from eval.segmentation.run import predict_samples, save_head, save_prediction_figure, train_and_evaluate
 
@@ -143,12 +143,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cli(argv: Sequence[str] | None = None) -> int:
-    args = get_args_parser().parse_args(argv)
-    if args.submit:
-        job = submit(main, args, name="dinov2:eval_segmentation")
-        print(f"submitted job {job.job_id}; submitit logs in {args.job_dir or args.output_dir}")
-        return 0
-    main(args)
+    run_or_submit(main, get_args_parser().parse_args(argv), name="dinov2:eval_segmentation", echo=print)
     return 0
 
 

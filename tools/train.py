@@ -18,15 +18,11 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from dinov2.run.submit import add_submit_args, submit  # noqa: E402
+from dinov2.run.submit import add_submit_args, run_or_submit  # noqa: E402
 from dinov2.train.train import get_args_parser, main  # noqa: E402
 from simdinov2.train.build import build_meta_arch  # noqa: E402
 
 if __name__ == "__main__":
     args = add_submit_args(get_args_parser()).parse_args()
     train = functools.partial(main, meta_arch_factory=build_meta_arch)
-    if args.submit:
-        job = submit(train, args, name="dinov2:train")
-        print(f"submitted job {job.job_id}; training outputs and submitit logs in {args.output_dir}")
-    else:
-        train(args)
+    run_or_submit(train, args, name="dinov2:train", echo=print)

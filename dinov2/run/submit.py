@@ -169,3 +169,17 @@ def submit(entry: EntryPoint, args: argparse.Namespace, name: str) -> submitit.J
     job = executor.submit(SubmittedTask(entry, args))
     logger.info("submitted job %s (%s); logs in %s", job.job_id, name, str(job_dir).replace("%j", str(job.job_id)))
     return job
+
+
+def run_or_submit(entry: EntryPoint, args: argparse.Namespace, name: str, *, echo: Callable[[str], None]) -> Any:
+    """The one `--submit` dispatch of every tool: `entry(args)` here, or a SLURM job named `name`.
+
+    Returns `entry`'s result, or the submitit Job after telling `echo` (the tool's `print`) the job id and where
+    its outputs and logs go.
+    """
+    if not args.submit:
+        return entry(args)
+    job = submit(entry, args, name)
+    folder = str(args.job_dir or getattr(args, "output_dir", "")).replace("%j", str(job.job_id))
+    echo(f"submitted job {job.job_id} ({name}); outputs and submitit logs in {folder}")
+    return job

@@ -139,3 +139,12 @@ def test_one_rank_signalled_stops_every_rank_at_the_same_iteration():
     mp.spawn(_agree, args=(distributed.free_port(), results), nprocs=2)
     outcome = sorted(results.get() for _ in range(2))
     assert outcome == [(0, False, True, signal.SIGUSR2), (1, False, True, signal.SIGUSR2)]
+
+
+def test_run_or_submit_runs_here_without_submit():
+    from dinov2.run.submit import run_or_submit
+
+    echoed: list[str] = []
+    args = argparse.Namespace(submit=False, value=3)
+    assert run_or_submit(lambda parsed: parsed.value * 2, args, name="t", echo=echoed.append) == 6
+    assert echoed == []
