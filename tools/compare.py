@@ -6,12 +6,20 @@ r"""A/B of two training recipes in one command (DINOv2 vs SimDINOv2): train both
         --output-dir runs/ab_digits --iters 100
     python tools/compare.py --runs runs/ab/a runs/ab/b --output-dir runs/ab_report      # finished runs
     python tools/compare.py --a ... --b ... --output-dir runs/sweep --sweep             # Table 5 in miniature
+    python tools/compare.py --a ... --b ... --output-dir runs/ab3 --seeds 3 --parallel  # mean, std, paired CI
+    python tools/compare.py --a ... --b ... --output-dir runs/study --seeds 3 --sweep --batch-sizes 16 32 64 128
 
 Both arms get the same overrides (`key=value`, `--train-dataset`, `--iters`, the export period, the seed),
 so everything but the recipes' own differences stays equal; the report lists every config key in which the
 two runs differ. Training runs one arm after the other through `tools/train.py` (or as SLURM jobs with
 `--submit`); rerunning with the same `--output-dir` resumes unfinished arms and reuses cached evaluations.
 Writes `DIR/report.md`, `DIR/summary.json` and the PNG plots.
+
+With `--seeds N` (N > 1) or `--batch-sizes`, every arm is trained with the seeds S .. S+N-1 (S = `--seed`,
+else arm A's `train.seed`; the same seeds for both arms: same initialisation seed and data order), under
+the baseline and every requested condition (`--sweep` perturbations, batch sizes); the report `DIR/study.md`
+gives per condition each arm's mean and sample standard deviation over seeds and the difference B - A
+paired by seed with its 95 % Student t-interval; the plots show mean +- std bands.
 """
 
 import argparse
@@ -27,7 +35,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from dinov2.compare.features import DEFAULT_CODING_RATE_EPS  # noqa: E402
 from dinov2.compare.health import DEFAULT_COLLAPSE_RANK  # noqa: E402
 from dinov2.compare.launch import Arm, common_overrides  # noqa: E402
-from dinov2.compare.pipeline import EvalOptions, collect, run_comparison, write_outputs  # noqa: E402
+from dinov2.compare.pipeline import EvalOptions, collect, run_comparison, run_study, write_outputs  # noqa: E402
+from dinov2.compare.study import BASELINE, batch_size_conditions, perturbation_conditions  # noqa: E402
 from dinov2.logging import setup_logging  # noqa: E402
 from dinov2.run.submit import add_submit_args  # noqa: E402
 from dinov2.train.train import main as train_main  # noqa: E402
@@ -53,12 +62,30 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--iters", type=int, default=None, help="iterations per arm (a multiple of train.OFFICIAL_EPOCH_LENGTH)"
     )
-    parser.add_argument("--seed", type=int, default=None, help="train.seed of both arms (default: arm A's)")
+    parser.add_argument(
+        "--seed", type=int, default=None, help="train.seed of both arms, the first seed with --seeds (default: arm A's)"
+    )
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        default=1,
+        help="train each arm (and each --sweep / --batch-sizes condition) with N seeds, the same for both arms; "
+        "report mean, std and the paired difference B - A with a 95%% t-interval (writes study.md)",
+    )
     parser.add_argument(
         "--sweep",
         action="store_true",
         help="also run each arm with teacher momentum 0.9 / dino.head_normalize=false / teacher temperature "
-        "0.07 and report divergence and collapse",
+        "0.07 / teacher momentum 0 (no self-distillation) and report divergence and collapse",
+    )
+    parser.add_argument(
+        "--batch-sizes",
+        type=int,
+        nargs="+",
+        default=None,
+        metavar="B",
+        help="also train each arm at these global batch sizes, with the same number of images (epochs) as the "
+        "baseline and the lr of the recipes' optim.scaling_rule (writes study.md)",
     )
     parser.add_argument(
         "--collapse-rank",
@@ -77,7 +104,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--parallel",
         action="store_true",
         help="CPU only: train the arms (and sweep runs) at the same time, one thread each, instead of one "
-        "after the other",
+        "after the other; with --seeds / --batch-sizes: two runs at a time",
     )
     parser.add_argument("--label-a", default=None, help="name of arm A in the report (default: its file name)")
     parser.add_argument("--label-b", default=None, help="name of arm B in the report (default: its file name)")
@@ -106,9 +133,13 @@ def main(args: argparse.Namespace) -> Path:
     )
     command = shlex.join(["python", "tools/compare.py", *sys.argv[1:]])
     if args.runs:
-        if args.a or args.b or args.iters or args.sweep or args.opts or args.submit or args.parallel:
+        if (
+            args.a or args.b or args.iters or args.sweep or args.opts or args.submit or args.parallel
+            or args.seeds != 1 or args.batch_sizes
+        ):  # fmt: skip
             raise SystemExit(
-                "--runs collects finished runs: drop --a/--b/--iters/--sweep/--submit/--parallel/key=value"
+                "--runs collects finished runs: drop --a/--b/--iters/--sweep/--seeds/--batch-sizes/--submit/"
+                "--parallel/key=value"
             )
         labels = [_label(args.label_a, args.runs[0], "A"), _label(args.label_b, args.runs[1], "B")]
         if labels[0] == labels[1]:
@@ -136,6 +167,28 @@ def main(args: argparse.Namespace) -> Path:
             Arm(name=name, label=label, config_file=path, overrides=tuple(overrides))
             for name, label, path in zip(("a", "b"), labels, config_files, strict=True)
         ]
+        if args.seeds < 1:
+            raise SystemExit(f"--seeds {args.seeds}: pass at least 1")
+        if args.seeds > 1 or args.batch_sizes:
+            if args.submit:
+                raise SystemExit("--seeds / --batch-sizes train here (--parallel: two runs at a time): drop --submit")
+            first_seed = int(arms[0].config.train.seed)
+            conditions = [BASELINE]
+            if args.sweep:
+                conditions += perturbation_conditions()
+            if args.batch_sizes:
+                conditions += batch_size_conditions(arms[0].config, args.batch_sizes)
+            return run_study(
+                arms,
+                output_dir,
+                options,
+                seeds=list(range(first_seed, first_seed + args.seeds)),
+                conditions=conditions,
+                jobs=2 if args.parallel else 1,
+                command=command,
+                echo=functools.partial(print, flush=True),
+                meta_arch_factory=build_meta_arch,
+            )
         report = run_comparison(
             arms,
             output_dir,

@@ -26,11 +26,15 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 TRAIN_SCRIPT = REPO_ROOT / "tools" / "train.py"
 EXPORTS_PER_RUN = 4  # teacher exports (k-NN points) per run when the recipe's period does not fit
 
-# The robustness sweep (the paper's Table 5 in miniature): name -> overrides applied on top of an arm.
+# The robustness sweep: name -> overrides applied on top of an arm. The first three are the SimDINO paper's
+# Table 5 (DINO's teacher momentum, last-layer normalisation and teacher temperature, each of which made DINO
+# diverge); the last is its Table 8 (no self-distillation: the teacher is the student of the current step,
+# under which DINO collapses).
 SWEEP_PERTURBATIONS: dict[str, tuple[str, ...]] = {
     "teacher momentum 0.9": ("teacher.momentum_teacher=0.9",),
     "no last-layer normalization": ("dino.head_normalize=false",),
     "fixed teacher temperature 0.07": ("teacher.warmup_teacher_temp=0.07", "teacher.teacher_temp=0.07"),
+    "no self-distillation (teacher momentum 0)": ("teacher.momentum_teacher=0", "teacher.final_momentum_teacher=0"),
 }
 
 

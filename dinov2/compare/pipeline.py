@@ -4,6 +4,12 @@ Layout of the output directory:
 
     DIR/a, DIR/b                       the two training runs (when trained here)
     DIR/sweep/<arm>_<k>                the robustness-sweep runs (with --sweep)
+
+or, for a multi-seed study (`run_study`: --seeds N > 1 or --batch-sizes),
+
+    DIR/<condition>/<arm>/seed_<s>     one run per condition (baseline, perturbation_<k>, batch_<B>), arm, seed
+    DIR/study.md, DIR/study.json       the report (means, spreads, paired differences) and its numbers
+    DIR/study_*.png                    the band plots
     DIR/report.md, DIR/summary.json    the report and its numbers
     DIR/*.png                          the plots
 
@@ -25,6 +31,8 @@ from dinov2.compare.launch import Arm, LaunchResult, is_no_op, run_arms_locally,
 from dinov2.compare.plots import write_plots
 from dinov2.compare.report import SweepEntry, write_report
 from dinov2.compare.runs import config_differences
+from dinov2.compare.study import Condition, StudyRunner, plan_runs
+from dinov2.compare.study_report import write_study_outputs
 from dinov2.utils.config import load_config
 
 logger = logging.getLogger(__name__)
@@ -211,4 +219,52 @@ def write_outputs(
         collapse_rank=options.collapse_rank,
         sweep=sweep,
         extra_images=extra_images,
+    )
+
+
+def run_study(
+    arms: Sequence[Arm],
+    output_dir: Path,
+    options: EvalOptions,
+    *,
+    seeds: Sequence[int],
+    conditions: Sequence[Condition],
+    jobs: int,
+    command: str,
+    echo: Callable[[str], None],
+    meta_arch_factory: MetaArchFactory | None,
+    train: bool = True,
+    title: str = "Multi-seed A/B study",
+) -> Path:
+    """Train both `arms` under every condition with every seed (here, `jobs` runs at a time with one thread
+    each; finished runs are reused), evaluate them and write `study.md`, `study.json` and the band plots.
+
+    With `train=False` nothing is trained: the report covers the finished runs and lists the others as not
+    run. Returns the path of `study.md`.
+    """
+    output_dir.mkdir(parents=True, exist_ok=True)
+    reference = arms[0].config
+    train_dataset = options.train_dataset or reference.train.dataset_path
+    val_dataset = options.val_dataset or default_val_dataset(train_dataset)
+    resize, crop = eval_transform_sizes(reference)
+    data = make_eval_data(train_dataset, val_dataset, resize_size=resize, crop_size=crop)
+    runner = StudyRunner(
+        output_dir,
+        data,
+        device=options.device,
+        meta_arch_factory=meta_arch_factory,
+        coding_rate_eps=options.coding_rate_eps,
+        collapse_rank=options.collapse_rank,
+        echo=echo,
+    )
+    outcomes = runner.run_all(plan_runs(arms, conditions, seeds), jobs=jobs, train=train)
+    echo(f"{sum(o.result is not None for o in outcomes)} / {len(outcomes)} runs finished")
+    return write_study_outputs(
+        outcomes,
+        arms,
+        output_dir,
+        command=command,
+        eval_description=f"teacher CLS features of {data.description} (resize {resize}, crop {crop})",
+        collapse_rank=options.collapse_rank,
+        title=title,
     )
