@@ -122,3 +122,49 @@ def test_initial_teacher_is_the_teacher_the_run_started_from(tmp_path: Path) -> 
         torch.testing.assert_close(exported[key], value, rtol=0, atol=1e-7, msg=key)
     other_seed = initial_teacher(load_config(run_dir / "config.yaml", ["train.seed=4"]), build_meta_arch)
     assert not torch.equal(other_seed.state_dict()["cls_token"], rebuilt["cls_token"])
+
+
+def test_seeds_train_both_arms_with_the_same_seeds_and_report_paired_statistics(tmp_path: Path) -> None:
+    output = tmp_path / "seeds"
+    args = ["tools/compare.py", "--a", str(DINOV2), "--b", str(SIMDINOV2), "--output-dir", str(output)]
+    args += ["--iters", "2", "--seeds", "2", "--seed", "5", "--parallel", "evaluation.eval_period_iterations=2"]
+    result = run_tool(*args)
+    assert f"report: {output / 'study.md'}" in result.stdout
+    study = json.loads((output / "study.json").read_text())
+    assert study["seeds"] == [5, 6]
+    knn: dict[tuple[str, int], float] = {}
+    start_knn: dict[tuple[str, int], float] = {}
+    for name in ("a", "b"):
+        for seed in (5, 6):
+            run_dir = output / "baseline" / name / f"seed_{seed}"
+            assert load_config(run_dir / "config.yaml").train.seed == seed
+            evaluation = json.loads((run_dir / "eval" / "compare" / "step_2.json").read_text())["evaluation"]
+            knn[(name, seed)] = evaluation["knn_top1"]
+            start_knn[(name, seed)] = json.loads((run_dir / "eval" / "compare" / "step_0.json").read_text())[
+                "evaluation"
+            ]["knn_top1"]
+    # the same seed gives both arms the same random-init teacher; another seed another one
+    assert start_knn[("a", 5)] == start_knn[("b", 5)] and start_knn[("a", 6)] == start_knn[("b", 6)]
+    assert start_knn[("a", 5)] != start_knn[("a", 6)]
+    (row,) = study["conditions"]
+    for index, name in enumerate(("a", "b")):
+        values = [knn[(name, 5)], knn[(name, 6)]]
+        assert row["final_knn"][index]["mean"] == pytest.approx(sum(values) / 2)
+        assert row["final_knn"][index]["std"] == pytest.approx(abs(values[0] - values[1]) / 2**0.5)
+    differences = [knn[("b", seed)] - knn[("a", seed)] for seed in (5, 6)]
+    difference = row["difference_b_minus_a"]
+    assert difference["mean"] == pytest.approx(sum(differences) / 2)
+    half = 12.706204736174707 * (abs(differences[0] - differences[1]) / 2**0.5) / 2**0.5  # t(0.975, 1)
+    assert (difference["low"], difference["high"]) == (
+        pytest.approx(difference["mean"] - half), pytest.approx(difference["mean"] + half)
+    )  # fmt: skip
+    report = (output / "study.md").read_text()
+    assert "95 % Student t-interval" in report and "| baseline |" in report
+    for png in ("study_stability.png", "study_conditions.png"):
+        with Image.open(output / png) as image:
+            assert image.format == "PNG" and image.size[0] > 300
+        assert f"]({png})" in report
+    # a second call finds every run finished: nothing is trained again, the numbers are the same
+    again = run_tool(*args)
+    assert "tools/train.py" not in again.stdout and "4 / 4 runs finished" in again.stdout
+    assert json.loads((output / "study.json").read_text())["conditions"] == study["conditions"]

@@ -1,0 +1,96 @@
+"""Multi-seed study planning and aggregation: conditions, seeds, reuse of unchanged runs, paired tables."""
+
+import math
+from pathlib import Path
+
+import pytest
+
+from dinov2.compare.launch import Arm
+from dinov2.compare.stats import paired_difference, summarize_seeds
+from dinov2.compare.study import (
+    BASELINE,
+    RunOutcome,
+    batch_size_conditions,
+    condition_rows,
+    perturbation_conditions,
+    plan_runs,
+)
+from dinov2.utils.config import ConfigError, load_config, scaled_lr
+
+REPO = Path(__file__).resolve().parents[3]
+DINOV2_DEMO = REPO / "configs" / "tiny" / "dinov2_digits.yaml"
+SIMDINOV2_DEMO = REPO / "configs" / "tiny" / "simdinov2_digits_demo.yaml"
+
+
+def demo_arms() -> list[Arm]:
+    shared = ("student.patch_size=8", "train.seed=0")
+    return [
+        Arm(name="dinov2", label="DINOv2", config_file=DINOV2_DEMO, overrides=shared),
+        Arm(name="simdinov2", label="SimDINOv2", config_file=SIMDINOV2_DEMO, overrides=shared),
+    ]
+
+
+def test_batch_sizes_keep_the_number_of_images_and_scale_the_lr_by_the_recipe_rule() -> None:
+    reference = demo_arms()[0].config  # batch 64, 10 iterations per epoch, 20 epochs
+    conditions = batch_size_conditions(reference, [16, 64, 128])
+    assert [c.batch_size for c in conditions] == [16, 128]  # 64 is the baseline itself
+    base_images = 64 * 10 * 20
+    base_lr = scaled_lr(reference, world_size=1)
+    for condition in conditions:
+        cfg = load_config(DINOV2_DEMO, list(condition.overrides))
+        steps = int(cfg.optim.epochs * cfg.train.OFFICIAL_EPOCH_LENGTH)
+        assert steps * cfg.train.batch_size_per_gpu == base_images
+        assert steps % cfg.evaluation.eval_period_iterations == 0
+        assert scaled_lr(cfg, world_size=1) == pytest.approx(base_lr * math.sqrt(condition.batch_size / 64))
+    with pytest.raises(ConfigError, match="do not split"):
+        batch_size_conditions(reference, [48])
+
+
+def test_plan_gives_both_arms_the_same_seeds_and_reuses_runs_a_condition_leaves_unchanged() -> None:
+    arms = demo_arms()
+    seeded = plan_runs(arms, [BASELINE], [0, 1])
+    assert [s.run.name for s in seeded] == [
+        "baseline/dinov2/seed_0", "baseline/simdinov2/seed_0", "baseline/dinov2/seed_1", "baseline/simdinov2/seed_1",
+    ]  # fmt: skip
+    for spec in seeded:
+        assert spec.run.config.train.seed == spec.seed
+        assert spec.run.overrides.count(f"train.seed={spec.seed}") == 1  # the arm's own seed is replaced
+    specs = plan_runs(arms, perturbation_conditions(), [1])
+    assert len(specs) == len(perturbation_conditions()) * 2
+    reused = {(s.condition.name, s.arm.name) for s in specs if s.reuses is not None}
+    # SimDINOv2 already uses momentum 0.9 and has no teacher softmax: those runs are its baseline runs
+    assert reused == {("teacher momentum 0.9", "simdinov2"), ("fixed teacher temperature 0.07", "simdinov2")}
+    for spec in specs:
+        if spec.reuses is not None:
+            assert spec.reuses.name == f"baseline/{spec.arm.name}/seed_1"
+
+
+def outcome(spec, knn: float | None, status: str = "ok") -> RunOutcome:
+    return RunOutcome(spec=spec, result={"status": status, "knn_top1_final": knn})
+
+
+def test_condition_rows_pair_by_seed_and_keep_diverged_runs_in_the_statuses() -> None:
+    arms = demo_arms()
+    momentum = perturbation_conditions()[0]
+    specs = plan_runs(arms, [BASELINE, momentum], [0, 1, 2])
+    knn = {
+        ("baseline", "dinov2"): [50.0, 52.0, 47.0],
+        ("baseline", "simdinov2"): [60.0, 61.0, 63.0],
+        ("teacher momentum 0.9", "dinov2"): [40.0, math.nan, 30.0],
+        ("teacher momentum 0.9", "simdinov2"): [60.0, 61.0, 63.0],
+    }
+    outcomes = [
+        outcome(s, knn[(s.condition.name, s.arm.name)][s.seed],
+                "diverged" if math.isnan(knn[(s.condition.name, s.arm.name)][s.seed]) else "ok")
+        for s in specs
+    ]  # fmt: skip
+    baseline, perturbed = condition_rows(outcomes, arms)
+    assert baseline.final_knn[0] == summarize_seeds([50.0, 52.0, 47.0])
+    assert baseline.difference == paired_difference([50.0, 52.0, 47.0], [60.0, 61.0, 63.0])
+    assert baseline.difference.verdict == "B > A"
+    assert perturbed.statuses[0] == ("ok", "diverged", "ok")
+    assert perturbed.final_knn[0].n == 2 and perturbed.final_knn[0].n_missing == 1
+    assert perturbed.difference.n == 2  # the diverged seed has no pair
+    assert perturbed.reused == (False, True)
+    missing = condition_rows([o for o in outcomes if o.spec.seed != 2] + [RunOutcome(spec=specs[4], result=None)], arms)
+    assert missing[0].statuses[0] == ("ok", "ok", "not run")
