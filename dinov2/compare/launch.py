@@ -128,6 +128,7 @@ class LaunchResult:
     returncode: int
     seconds: float
     failure: str | None  # the last error line of a failed run, else None
+    cpu_seconds: float | None = None  # user + system CPU time of a local training process (None: SLURM job)
 
 
 def _error_line(lines: Sequence[str]) -> str:
@@ -164,12 +165,20 @@ def run_arm_locally(
         for line in process.stdout:
             echo(f"[{arm.label}] {line.rstrip()}")
             tail = (tail + [line])[-40:]
-        returncode = process.wait()
+        _, status, usage = os.wait4(process.pid, 0)  # wait() plus the child's own CPU time
+        returncode = process.returncode = os.waitstatus_to_exitcode(status)
     seconds = time.time() - start
     failure = None if returncode == 0 else _error_line(tail)
     if failure is not None:
         echo(f"[{arm.label}] training failed (exit code {returncode}): {failure}")
-    return LaunchResult(arm=arm, run_dir=run_dir, returncode=returncode, seconds=seconds, failure=failure)
+    return LaunchResult(
+        arm=arm,
+        run_dir=run_dir,
+        returncode=returncode,
+        seconds=seconds,
+        failure=failure,
+        cpu_seconds=usage.ru_utime + usage.ru_stime,
+    )
 
 
 def run_arms_locally(

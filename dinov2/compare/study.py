@@ -29,13 +29,14 @@ from dinov2.compare.collect import collect_run
 from dinov2.compare.features import EvalData, MetaArchFactory
 from dinov2.compare.launch import SWEEP_PERTURBATIONS, Arm, run_arm_locally
 from dinov2.compare.report import summarize
-from dinov2.compare.runs import list_exports, metric_series
+from dinov2.compare.runs import METRICS_FILENAME, list_exports, metric_series, read_metrics
 from dinov2.compare.stats import PairedDifference, SeedSummary, paired_difference, summarize_seeds
 from dinov2.utils.config import ConfigError, load_config
 
 logger = logging.getLogger(__name__)
 
 RESULT_FILENAME = "study_result.json"
+LAUNCHES_FILENAME = "launches.jsonl"  # CPU time and iterations of every training process of a run
 # Teacher-softmax keys: an objective without a teacher softmax (the coding-rate / cosine losses) never reads them.
 SOFTMAX_TEMPERATURE_KEYS = ("teacher.teacher_temp", "teacher.warmup_teacher_temp", "teacher.warmup_teacher_temp_epochs")
 
@@ -198,6 +199,26 @@ def _finished_training(run_dir: Path) -> bool:
     return bool(exports) and exports[-1][0] == total
 
 
+def _last_iteration(run_dir: Path) -> int:
+    """Last logged iteration of a run (-1 before the first)."""
+    path = run_dir / METRICS_FILENAME
+    records = read_metrics(path) if path.is_file() else []
+    return int(records[-1]["iteration"]) if records else -1
+
+
+def _cpu_seconds_per_iteration(run_dir: Path) -> float | None:
+    """CPU seconds (user + system) of the training processes that trained the run, per iteration they
+    trained, start-up included (from `launches.jsonl`, one line per launch); None when not recorded."""
+    path = run_dir / LAUNCHES_FILENAME
+    if not path.is_file():
+        return None
+    launches = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    if any(launch["cpu_seconds"] is None for launch in launches):
+        return None
+    iterations = sum(launch["iterations"] for launch in launches)
+    return sum(launch["cpu_seconds"] for launch in launches) / iterations if iterations > 0 else None
+
+
 @dataclasses.dataclass(frozen=True)
 class RunOutcome:
     spec: RunSpec
@@ -256,6 +277,7 @@ class StudyRunner:
         steps, losses = metric_series(result.run.records, "total_loss")
         summary["loss_curve"] = [[step, loss] for step, loss in zip(steps, losses, strict=True)]
         summary["failure"] = failure
+        summary["cpu_seconds_per_iter"] = _cpu_seconds_per_iteration(run_dir)
         (run_dir / RESULT_FILENAME).write_text(json.dumps({"key": _result_key(spec), **summary}, indent=1, default=str))
         return summary
 
@@ -274,7 +296,13 @@ class StudyRunner:
         result = self.cached(spec)
         if result is None:
             trained = spec.reuses or spec.run
+            run_dir = self.output_dir / trained.name
+            before = _last_iteration(run_dir)
             launch = run_arm_locally(trained, self.output_dir, echo=self.echo, threads=1)
+            run_dir.mkdir(parents=True, exist_ok=True)
+            with (run_dir / LAUNCHES_FILENAME).open("a") as launches:
+                record = {"cpu_seconds": launch.cpu_seconds, "iterations": _last_iteration(run_dir) - before}
+                launches.write(json.dumps(record | {"wall_seconds": launch.seconds}) + "\n")
             if launch.returncode < 0:  # killed by a signal (an interrupted study): not a result, train it next time
                 self.echo(f"[{spec.run.label}, seed {spec.seed}] interrupted (signal {-launch.returncode})")
                 return RunOutcome(spec=spec, result=None)

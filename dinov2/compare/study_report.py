@@ -166,12 +166,13 @@ def runs_table(outcomes: Sequence[RunOutcome]) -> list[str]:
                 format_value(result.get("final_total_loss"), "{:.4f}"),
                 format_value(result.get("iterations"), "{:d}"),
                 format_value(result.get("seconds_per_iter"), "{:.2f}"),
+                format_value(result.get("cpu_seconds_per_iter"), "{:.2f}"),
                 format_value(result.get("peak_memory_mb"), "{:.0f}"),
                 str(result.get("status_reason") or "").replace("|", "/")[:160],
             ]
         )
-    header = ["condition", "arm", "seed", "status", "final k-NN (%)", "eff. rank", "final loss", "steps", "s / it",
-              "peak MB", "why"]  # fmt: skip
+    header = ["condition", "arm", "seed", "status", "final k-NN (%)", "eff. rank", "final loss", "steps"]
+    header += ["s / it", "CPU s / it", "peak MB", "why"]
     return _table(header, rows)
 
 
