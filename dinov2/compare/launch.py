@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from dinov2.utils.config import ConfigError, load_config
 
@@ -252,9 +252,27 @@ def sweep_arms(arms: Sequence[Arm]) -> list[tuple[Arm, str, Arm]]:
     return perturbed
 
 
+# Teacher-softmax keys: an objective without a teacher softmax (SimDINO's coding-rate and cosine losses) never
+# reads them.
+SOFTMAX_TEMPERATURE_KEYS = ("teacher.teacher_temp", "teacher.warmup_teacher_temp", "teacher.warmup_teacher_temp_epochs")
+
+
+def _objective_config(cfg: DictConfig) -> dict:
+    """The config as the arm's objective reads it: without the teacher-softmax keys when no loss uses them."""
+    container = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(container, dict), "a config is a mapping"
+    if cfg.dino.use_mcr and (cfg.ibot.use_mcr or cfg.ibot.loss_weight == 0):
+        for key in SOFTMAX_TEMPERATURE_KEYS:
+            section, name = key.split(".")
+            container[section].pop(name)
+    return container
+
+
 def is_no_op(base: Arm, perturbed: Arm) -> bool:
-    """True when the perturbation leaves the arm's config unchanged (e.g. momentum 0.9 on SimDINOv2)."""
+    """True when the perturbation leaves what the arm computes unchanged: equal configs, up to the
+    teacher-softmax keys of an objective without a teacher softmax (e.g. momentum 0.9 or a teacher
+    temperature on SimDINOv2). A config that does not load counts as changed."""
     try:
-        return base.config == perturbed.config
+        return _objective_config(base.config) == _objective_config(perturbed.config)
     except (ConfigError, ValueError):
         return False

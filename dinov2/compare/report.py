@@ -102,7 +102,7 @@ class SweepEntry:
     base_label: str
     perturbation: str
     result: ArmResult | None  # None when the run left no config (it failed before writing it)
-    no_op: bool  # the perturbation does not change this arm's config
+    no_op: bool  # the perturbation does not change what this arm computes (`launch.is_no_op`)
     failure: str | None
 
 
@@ -197,7 +197,7 @@ def write_report(
             status = summary["status"] if summary is not None else "failed"
             reason = summary["status_reason"] if summary is not None else (entry.failure or "no run directory")
             if entry.no_op:
-                reason += " (the perturbation does not change this arm's config)"
+                reason += " (the perturbation does not change what this arm computes)"
             rows.append(
                 [
                     entry.base_label,

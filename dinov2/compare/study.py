@@ -5,9 +5,9 @@ every (condition, arm, seed) is one training run in `DIR/<condition>/<arm>/seed_
 seeds, so seed s means the same initialisation seed and the same data order for both; the A/B difference is
 paired by seed (`dinov2.compare.stats`).
 
-A run whose condition does not change what its arm computes (the perturbed config equals the baseline
-config, up to keys the arm's objective never reads) is not trained again: the baseline run of the same seed
-stands for it, and the report says so.
+A run whose condition does not change what its arm computes (`dinov2.compare.launch.is_no_op`: the
+perturbed config equals the baseline config, up to keys the arm's objective never reads) is not trained
+again: the baseline run of the same seed stands for it, and the report says so.
 
 Every finished run leaves `study_result.json` in its directory (its numbers, curves and verdict): a study
 that is interrupted and started again skips those runs and resumes an unfinished training from its last
@@ -23,11 +23,11 @@ import threading
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from dinov2.compare.collect import collect_run
 from dinov2.compare.features import EvalData, MetaArchFactory
-from dinov2.compare.launch import SWEEP_PERTURBATIONS, Arm, run_arm_locally
+from dinov2.compare.launch import SWEEP_PERTURBATIONS, Arm, is_no_op, run_arm_locally
 from dinov2.compare.report import summarize
 from dinov2.compare.runs import METRICS_FILENAME, list_exports, metric_series, read_metrics
 from dinov2.compare.stats import PairedDifference, SeedSummary, paired_difference, summarize_seeds
@@ -37,8 +37,6 @@ logger = logging.getLogger(__name__)
 
 RESULT_FILENAME = "study_result.json"
 LAUNCHES_FILENAME = "launches.jsonl"  # CPU time and iterations of every training process of a run
-# Teacher-softmax keys: an objective without a teacher softmax (the coding-rate / cosine losses) never reads them.
-SOFTMAX_TEMPERATURE_KEYS = ("teacher.teacher_temp", "teacher.warmup_teacher_temp", "teacher.warmup_teacher_temp_epochs")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,27 +132,6 @@ def seeded(arm: Arm, condition: Condition, seed: int) -> Arm:
     )
 
 
-def _objective_config(cfg: DictConfig) -> dict[str, Any]:
-    """The config as the arm's objective reads it: without the teacher-softmax keys when no loss uses them."""
-    flat = OmegaConf.to_container(cfg, resolve=True)
-    assert isinstance(flat, dict), "a config is a mapping"
-    no_softmax = bool(cfg.dino.use_mcr) and (bool(cfg.ibot.use_mcr) or float(cfg.ibot.loss_weight) == 0)
-    if no_softmax:
-        for key in SOFTMAX_TEMPERATURE_KEYS:
-            section, name = key.split(".")
-            flat[section].pop(name, None)
-    return flat
-
-
-def leaves_arm_unchanged(base: Arm, perturbed: Arm) -> bool:
-    """True when `perturbed` computes what `base` computes: equal configs up to the teacher-softmax keys of an
-    objective that has no teacher softmax (SimDINO's). A config that does not load counts as changed."""
-    try:
-        return _objective_config(base.config) == _objective_config(perturbed.config)
-    except (ConfigError, ValueError):
-        return False
-
-
 def plan_runs(arms: Sequence[Arm], conditions: Sequence[Condition], seeds: Sequence[int]) -> list[RunSpec]:
     """Every (condition, seed, arm), in the order they are trained: the conditions of one kind (baseline,
     perturbation, batch size) after those of the kinds before it; within a kind, seed by seed (every
@@ -167,7 +144,7 @@ def plan_runs(arms: Sequence[Arm], conditions: Sequence[Condition], seeds: Seque
                 for arm in arms:
                     run = seeded(arm, condition, seed)
                     baseline = seeded(arm, BASELINE, seed)
-                    unchanged = condition is not BASELINE and leaves_arm_unchanged(baseline, run)
+                    unchanged = condition is not BASELINE and is_no_op(baseline, run)
                     specs.append(
                         RunSpec(
                             condition=condition, arm=arm, seed=seed, run=run, reuses=baseline if unchanged else None

@@ -61,7 +61,12 @@ def test_sweep_perturbs_each_arm_and_spots_no_ops(tmp_path) -> None:
     assert [(base.name, name) for base, name, _ in sweep] == [
         (arm, name)
         for arm in ("a", "b")
-        for name in ("teacher momentum 0.9", "no last-layer normalization", "fixed teacher temperature 0.07")
+        for name in (
+            "teacher momentum 0.9",
+            "no last-layer normalization",
+            "fixed teacher temperature 0.07",
+            "no self-distillation (teacher momentum 0)",
+        )
     ]
     configs = {(base.name, name): arm.config for base, name, arm in sweep}
     assert configs["a", "teacher momentum 0.9"].teacher.momentum_teacher == 0.9
@@ -70,7 +75,10 @@ def test_sweep_perturbs_each_arm_and_spots_no_ops(tmp_path) -> None:
     assert fixed.warmup_teacher_temp == fixed.teacher_temp == 0.07
     assert all(arm.config.train.seed == 0 for _, _, arm in sweep)
     no_ops = {(base.name, name) for base, name, arm in sweep if is_no_op(base, arm)}
-    assert no_ops == {("b", "teacher momentum 0.9")}  # SimDINOv2's recipe already starts the EMA at 0.9
+    # SimDINOv2's recipe already starts the EMA at 0.9, and it has no teacher softmax to take a temperature
+    assert no_ops == {("b", "teacher momentum 0.9"), ("b", "fixed teacher temperature 0.07")}
+    no_ema = configs["b", "no self-distillation (teacher momentum 0)"].teacher
+    assert no_ema.momentum_teacher == no_ema.final_momentum_teacher == 0
     _, _, perturbed = sweep[0]
     assert train_arguments(perturbed, tmp_path) == [
         "--config-file",
