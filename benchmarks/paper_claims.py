@@ -13,15 +13,19 @@ Studies, in the order they are run (the most important results land first):
 3. the paper's Table 6 batch sizes (16, 32, 128 besides the baseline 64) at a fixed budget of images
    (same number of epochs, as Table 6's 100 epochs per batch size), lr scaled by the recipes' sqrt rule.
 
-Each run is cached in its directory (`study_result.json`): rerunning continues where an interrupted study
-stopped. `--jobs` runs train at the same time, one CPU thread each. Writes `paper_claims.md`,
-`paper_claims.json` and one PNG per claim into the output directory. Takes about 3 CPU hours in all
-(4-5 CPU minutes per run, 39 runs).
+This is `tools/compare.py --seeds 3 --sweep --batch-sizes 16 32 64 128` on the demo recipes
+(`dinov2.compare.pipeline.run_study`). Each run is cached in its directory (`study_result.json`): rerunning
+continues where an interrupted study stopped; `--report-only` writes the report from the finished runs and
+lists the others as not run. `--jobs` runs train at the same time, one CPU thread each. Writes `study.md`
+(one table per claim: k-NN mean +- std per arm and condition, paired difference with its 95 % t-interval,
+run statuses including collapse), `study.json` and one PNG per claim (`study_conditions.png`: Table 5/8;
+`study_batch_sizes.png`: Table 6; `study_stability.png`: loss and k-NN curves) into the output directory.
+SimDINOv2 runs that a perturbation does not change are its baseline runs (see `docs/compare.md`), so the
+study trains 42 runs (3 of them refused at once): about 3 CPU hours at 4-5 CPU minutes per run.
 """
 
 import argparse
 import functools
-import json
 import os
 import sys
 import time
@@ -31,19 +35,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-from dinov2.compare.features import DEFAULT_CODING_RATE_EPS, eval_transform_sizes, make_eval_data  # noqa: E402
-from dinov2.compare.health import DEFAULT_COLLAPSE_RANK  # noqa: E402
 from dinov2.compare.launch import Arm, common_overrides  # noqa: E402
-from dinov2.compare.pipeline import default_val_dataset  # noqa: E402
+from dinov2.compare.pipeline import EvalOptions, run_study  # noqa: E402
 from dinov2.compare.report import machine_description  # noqa: E402
-from dinov2.compare.study import (  # noqa: E402
-    BASELINE,
-    StudyRunner,
-    batch_size_conditions,
-    perturbation_conditions,
-    plan_runs,
-)
-from dinov2.compare.study_report import write_study_outputs  # noqa: E402
+from dinov2.compare.study import BASELINE, batch_size_conditions, perturbation_conditions  # noqa: E402
 from simdinov2.train.build import build_meta_arch  # noqa: E402
 from tools.demo import DINOV2_RECIPE, SHARED_OVERRIDES, SIMDINOV2_RECIPE  # noqa: E402
 
@@ -56,7 +51,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seeds", type=int, default=3, help="seeds per arm and condition (seeds 0 .. N-1)")
     parser.add_argument("--iters", type=int, default=200, help="steps of a baseline run (batch 64)")
     parser.add_argument(
-        "--batch-sizes", type=int, nargs="*", default=[16, 32, 128], help="batch sizes besides the baseline's 64"
+        "--batch-sizes", type=int, nargs="*", default=[16, 32, 64, 128], help="batch sizes (64 is the baseline)"
     )
     parser.add_argument("--jobs", type=int, default=2, help="runs trained at the same time (one thread each)")
     parser.add_argument("--report-only", action="store_true", help="train nothing: report the finished runs")
@@ -76,36 +71,21 @@ def main(args: argparse.Namespace) -> Path:
         Arm(name="dinov2", label="DINOv2", config_file=config_files[0], overrides=tuple(overrides)),
         Arm(name="simdinov2", label="SimDINOv2", config_file=config_files[1], overrides=tuple(overrides)),
     ]
-    reference = arms[0].config
-    conditions = [BASELINE, *perturbation_conditions(), *batch_size_conditions(reference, args.batch_sizes)]
-    seeds = list(range(args.seeds))
-    specs = plan_runs(arms, conditions, seeds)
-    train_dataset = str(reference.train.dataset_path)
-    resize, crop = eval_transform_sizes(reference)
-    data = make_eval_data(train_dataset, default_val_dataset(train_dataset), resize_size=resize, crop_size=crop)
-    runner = StudyRunner(
-        output_dir,
-        data,
-        device=torch.device("cpu"),
-        meta_arch_factory=build_meta_arch,
-        coding_rate_eps=DEFAULT_CODING_RATE_EPS,
-        collapse_rank=DEFAULT_COLLAPSE_RANK,
-        echo=echo,
-    )
-    outcomes = runner.run_all(specs, jobs=args.jobs, train=not args.report_only)
-    command = " ".join(["python", "benchmarks/paper_claims.py", *sys.argv[1:]])
-    report = write_study_outputs(
-        outcomes,
+    conditions = [BASELINE, *perturbation_conditions(), *batch_size_conditions(arms[0].config, args.batch_sizes)]
+    report = run_study(
         arms,
         output_dir,
-        command=command,
-        eval_description=data.description,
-        collapse_rank=DEFAULT_COLLAPSE_RANK,
+        EvalOptions(train_dataset=None, val_dataset=None, device=torch.device("cpu")),
+        seeds=list(range(args.seeds)),
+        conditions=conditions,
+        jobs=args.jobs,
+        command=" ".join(["python", "benchmarks/paper_claims.py", *sys.argv[1:]]),
+        echo=echo,
+        meta_arch_factory=build_meta_arch,
+        train=not args.report_only,
         title="The SimDINO paper's claims in miniature (Digits, demo recipes)",
     )
-    finished = sum(outcome.result is not None for outcome in outcomes)
-    echo(f"{finished} / {len(outcomes)} runs finished; report: {report}")
-    echo(json.dumps({"seconds": round(time.time() - start)}))
+    echo(f"report: {report} ({time.time() - start:.0f} s)")
     return report
 
 

@@ -264,7 +264,7 @@ def run_study(
         arms,
         output_dir,
         command=command,
-        eval_description=f"teacher CLS features of {data.description} (resize {resize}, crop {crop})",
+        eval_description=f"{data.description} (resize {resize}, crop {crop})",
         collapse_rank=options.collapse_rank,
         title=title,
     )

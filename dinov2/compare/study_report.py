@@ -37,6 +37,7 @@ STABILITY_PNG = "study_stability.png"
 CONDITIONS_PNG = "study_conditions.png"
 BATCH_SIZES_PNG = "study_batch_sizes.png"
 
+GAIN_VERDICTS = {"B > A": "still improving", "B < A": "getting worse", "cannot tell": "cannot tell"}
 STATISTICS_NOTE = (
     "Mean +- sample standard deviation (n - 1) over seeds; n counts the runs with a finite number (a diverged "
     "run has none and is counted in the status column). B - A is paired by seed (both arms share the seed, "
@@ -60,6 +61,8 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
 
 
 def _verdict(row: ConditionRow) -> str:
+    if row.difference.n == 0:
+        return "-"
     verdict = row.difference.verdict
     if verdict == "B > A":
         return f"{row.arm_labels[1]} higher"
@@ -71,7 +74,7 @@ def _verdict(row: ConditionRow) -> str:
 def _arm_cell(row: ConditionRow, index: int) -> str:
     cell = format_mean_std(row.final_knn[index])
     if row.reused[index]:
-        cell += " (baseline runs: unchanged config)"
+        cell += " (= baseline runs: the condition does not change this arm)"
     return cell
 
 
@@ -144,8 +147,7 @@ def stability_table(outcomes: Sequence[RunOutcome], arms: Sequence[Arm]) -> list
     gain_rows = []
     for arm, runs in zip(arms, per_arm, strict=True):
         gain = paired_difference(values(runs, half), values(runs, last))
-        gain_rows.append([arm.label, format_difference(gain), gain.verdict.replace("B > A", "still improving")
-                          .replace("B < A", "getting worse").replace("cannot tell", "cannot tell (flat)")])  # fmt: skip
+        gain_rows.append([arm.label, format_difference(gain), GAIN_VERDICTS[gain.verdict]])
     return lines + _table(["arm", f"k-NN(step {last}) - k-NN(step {half}) [95 % CI]", "verdict"], gain_rows)
 
 
@@ -215,7 +217,8 @@ def plot_stability(outcomes: Sequence[RunOutcome], arms: Sequence[Arm], path: Pa
     knn_axis.set_xlabel("optimizer steps (0 = random-init teacher)")
     for axis in (loss_axis, knn_axis):
         axis.grid(alpha=0.3)
-        axis.legend(fontsize=8)
+        if axis.get_legend_handles_labels()[0]:
+            axis.legend(fontsize=8)
     return _save(plt, figure, path)
 
 
@@ -251,7 +254,8 @@ def plot_conditions(outcomes: Sequence[RunOutcome], arms: Sequence[Arm], path: P
     axis.set_ylabel("final teacher k-NN top-1 (%)")
     axis.set_title("final k-NN per condition (dots: seeds; diamond: mean +- std)")
     axis.grid(alpha=0.3, axis="y")
-    axis.legend(fontsize=8)
+    if axis.get_legend_handles_labels()[0]:
+        axis.legend(fontsize=8)
     return _save(plt, figure, path)
 
 
@@ -289,7 +293,8 @@ def plot_batch_sizes(outcomes: Sequence[RunOutcome], arms: Sequence[Arm], path: 
     axis.set_ylabel("final teacher k-NN top-1 (%)")
     axis.set_title("batch size (band: mean +- std over seeds)")
     axis.grid(alpha=0.3)
-    axis.legend(fontsize=8)
+    if axis.get_legend_handles_labels()[0]:
+        axis.legend(fontsize=8)
     return _save(plt, figure, path)
 
 
@@ -330,10 +335,17 @@ def write_study_outputs(
         "",
     ]
     if missing:
-        lines += [f"**{len(missing)} of {len(outcomes)} runs have not run yet** (status 'not run' below); rerun the "
-                  "command above to run them.", ""]  # fmt: skip
+        lines += [f"**{len(missing)} of {len(outcomes)} (condition, arm, seed) results are missing**: status 'not run' "
+                  "below; rerun the command above to run them.", ""]  # fmt: skip
     lines += ["## Final teacher k-NN per condition", ""]
-    lines += condition_table(rows)
+    kinds = [kind for kind in dict.fromkeys(row.condition.kind for row in rows) if kind != "baseline"]
+    baseline_rows = [row for row in rows if row.condition.kind == "baseline"]
+    if not kinds:
+        lines += condition_table(rows)
+    for kind in kinds:
+        lines += [f"### Baseline and {kind} conditions", ""]
+        lines += condition_table(baseline_rows + [row for row in rows if row.condition.kind == kind])
+        lines.append("")
     lines += ["", "## Baseline: k-NN over training", ""]
     lines += stability_table(outcomes, arms)
     plots = [
