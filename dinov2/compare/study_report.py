@@ -151,6 +151,48 @@ def stability_table(outcomes: Sequence[RunOutcome], arms: Sequence[Arm]) -> list
     return lines + _table(["arm", f"k-NN(step {last}) - k-NN(step {half}) [95 % CI]", "verdict"], gain_rows)
 
 
+BASELINE_ROWS: tuple[tuple[str, str, str], ...] = (
+    ("knn_top1_step0", "k-NN top-1 (%), random-init teacher (step 0)", "{:.2f}"),
+    ("knn_top1_final", "k-NN top-1 (%), final teacher", "{:.2f}"),
+    ("effective_rank_final", "effective rank of the final teacher features", "{:.2f}"),
+    ("coding_rate_final", "coding rate of the final teacher features", "{:.2f}"),
+    ("final_total_loss", "total loss at the last iteration", "{:.3f}"),
+    ("cpu_seconds_per_iter", "CPU seconds / iteration (training process, start-up included)", "{:.2f}"),
+    ("peak_memory_mb", "peak memory (MB, training process max RSS)", "{:.0f}"),
+)
+
+
+def _spread(values: Sequence[float | None], fmt: str) -> str:
+    """'59.70 +- 2.10 (55.67-61.20, n=3)'."""
+    summary = summarize_seeds(values)
+    if summary.n == 0:
+        return "-"
+    if summary.n == 1:
+        return f"{fmt.format(summary.mean)} (n=1)"
+    low, high = fmt.format(summary.minimum), fmt.format(summary.maximum)
+    return f"{fmt.format(summary.mean)} +- {fmt.format(summary.std)} ({low} to {high}, n={summary.n})"
+
+
+def baseline_table(outcomes: Sequence[RunOutcome], arms: Sequence[Arm]) -> list[str]:
+    """The baseline runs per arm: mean +- std (min to max, n) of the final-table numbers over seeds."""
+    per_arm = [_baseline(outcomes, arm) for arm in arms]
+    if not any(per_arm):
+        return []
+    steps = sorted({step for runs in per_arm for run in runs for step in _knn_by_step(run)} - {0})
+    rows = []
+    for key, title, fmt in BASELINE_ROWS:
+        rows.append([title, *(_spread([run.value(key) for run in runs], fmt) for runs in per_arm)])
+        if key == "knn_top1_step0":
+            for step in steps[:-1]:
+                rows.append(
+                    [
+                        f"k-NN top-1 (%), teacher after {step} steps",
+                        *(_spread([_knn_by_step(run).get(step) for run in runs], fmt) for runs in per_arm),
+                    ]
+                )
+    return _table(["", *(arm.label for arm in arms)], rows)
+
+
 def runs_table(outcomes: Sequence[RunOutcome]) -> list[str]:
     """Every run: condition, arm, seed, status, final k-NN, effective rank, final loss, s/it, peak memory, why."""
     rows = []
@@ -346,6 +388,8 @@ def write_study_outputs(
         lines += [f"### Baseline and {kind} conditions", ""]
         lines += condition_table(baseline_rows + [row for row in rows if row.condition.kind == kind])
         lines.append("")
+    lines += ["", "## Baseline runs per arm (mean +- std, min to max, over seeds)", ""]
+    lines += baseline_table(outcomes, arms)
     lines += ["", "## Baseline: k-NN over training", ""]
     lines += stability_table(outcomes, arms)
     plots = [

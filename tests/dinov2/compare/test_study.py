@@ -94,3 +94,48 @@ def test_condition_rows_pair_by_seed_and_keep_diverged_runs_in_the_statuses() ->
     assert perturbed.reused == (False, True)
     missing = condition_rows([o for o in outcomes if o.spec.seed != 2] + [RunOutcome(spec=specs[4], result=None)], arms)
     assert missing[0].statuses[0] == ("ok", "ok", "not run")
+
+
+def test_study_report_keeps_diverged_and_missing_runs_and_draws_the_band_plots(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from dinov2.compare.study_report import write_study_outputs
+
+    arms = demo_arms()
+    momentum = perturbation_conditions()[0]
+    batch = batch_size_conditions(arms[0].config, [32])
+    specs = plan_runs(arms, [BASELINE, momentum, *batch], [0, 1])
+
+    def result(spec) -> dict | None:
+        if spec.condition.name == "batch 32" and spec.seed == 1:
+            return None  # not run yet
+        diverged = spec.condition is momentum and spec.arm.name == "dinov2" and spec.seed == 1
+        final = math.nan if diverged else 50.0 + 10 * (spec.arm.name == "simdinov2") + spec.seed
+        return {
+            "status": "diverged" if diverged else "ok",
+            "status_reason": "non-finite loss at iteration 12" if diverged else "effective rank 9.00",
+            "knn_top1_step0": 10.0,
+            "knn_top1_final": final,
+            "knn_over_training": [[0, 10.0], [100, final - 5], [200, final]],
+            "loss_curve": [[0, 5.0], [100, 4.0 - spec.seed], [199, 3.0]],
+            "effective_rank_final": 9.0,
+            "cpu_seconds_per_iter": 1.25,
+            "peak_memory_mb": 1200.0,
+        }
+
+    outcomes = [RunOutcome(spec=spec, result=result(spec)) for spec in specs]
+    report = write_study_outputs(
+        outcomes, arms, tmp_path, command="cmd", eval_description="Digits", collapse_rank=1.5
+    ).read_text()
+    assert "2 of 12 (condition, arm, seed) results are missing" in report
+    assert "| teacher momentum 0.9 | 50.00 +- n/a (n=1) | 1 ok, 1 diverged |" in report
+    assert "| batch 32 | 50.00 +- n/a (n=1) | 1 ok, 1 not run |" in report
+    # per-seed differences 10 and 10: a zero-width interval above 0
+    assert "| baseline | 50.50 +- 0.71 (n=2) | 2 ok | 60.50 +- 0.71 (n=2) | 2 ok | +10.00 [+10.00, +10.00] | " in report
+    assert "| +10.00 [+10.00, +10.00] | SimDINOv2 higher |" in report
+    assert "non-finite loss at iteration 12" in report  # the diverged run keeps its line and reason
+    cpu_row = "| CPU seconds / iteration (training process, start-up included) | 1.25 +- 0.00 (1.25 to 1.25, n=2) |"
+    assert cpu_row in report
+    for png in ("study_stability.png", "study_conditions.png", "study_batch_sizes.png"):
+        with Image.open(tmp_path / png) as image:
+            assert image.format == "PNG" and image.size[0] > 300
