@@ -8,7 +8,8 @@ thread each), both with the demo recipe's patch size 8 (same seed, data order, b
 evaluates the teacher with k-NN after 0 (random init), 25 %, 50 %, 75 % and 100 % of the steps; writes the
 A/B report (`report.md`, plots) and the CLS attention maps of both final teachers on Digits images.
 Nothing is downloaded: Digits ships with scikit-learn. Rerunning reuses finished runs in the output directory
-(delete it to train again).
+(delete it to train again). The numbers are one seed on this machine: float results differ between CPUs and
+200 steps amplify the differences; `benchmarks/paper_claims.py` measures the spread over seeds.
 """
 
 import argparse
@@ -114,6 +115,8 @@ def main(args: argparse.Namespace) -> Path:
     )
     print_table(output_dir)
     print("")
+    print("Float results differ between CPUs and 200 steps amplify it: compare these numbers with the mean and")
+    print("spread over seeds in the README's demo table (benchmarks/paper_claims.py), not with a single run.")
     print(f"report:  {report}")
     for png in sorted(output_dir.glob("*.png")):
         print(f"figure:  {png}")
