@@ -62,8 +62,10 @@ class PairedDifference:
 
     @property
     def verdict(self) -> str:
-        """'B > A' / 'B < A' when the interval excludes 0, 'cannot tell' when it contains 0 (or n < 2)."""
-        if not (math.isfinite(self.low) and math.isfinite(self.high)):
+        """'B > A' / 'B < A' when the interval excludes 0; 'cannot tell' when it contains 0, when n < 2, or when
+        the per-seed differences are all equal (zero width: k-NN accuracies are multiples of 1 / n_images, so a
+        few seeds can tie exactly, and a zero spread estimated from them is no evidence of a zero spread)."""
+        if not (math.isfinite(self.low) and math.isfinite(self.high)) or self.std == 0:
             return "cannot tell"
         if self.low > 0:
             return "B > A"

@@ -42,7 +42,8 @@ STATISTICS_NOTE = (
     "Mean +- sample standard deviation (n - 1) over seeds; n counts the runs with a finite number (a diverged "
     "run has none and is counted in the status column). B - A is paired by seed (both arms share the seed, "
     "hence the initialisation seed and the data order); [low, high] is the 95 % Student t-interval on the "
-    "per-seed differences, mean +- t(0.975, n-1) std / sqrt(n). 'cannot tell' = the interval contains 0."
+    "per-seed differences, mean +- t(0.975, n-1) std / sqrt(n). 'cannot tell' = the interval contains 0, or "
+    "all per-seed differences are equal (a zero-width interval from a few tied k-NN values is no evidence)."
 )
 
 

@@ -61,5 +61,7 @@ def test_a_seed_missing_in_either_arm_is_left_out_of_the_pairs() -> None:
     assert difference.mean == pytest.approx((1.0 + 2.0) / 2)
     lone = paired_difference([1.0], [2.0])
     assert lone.n == 1 and lone.mean == 1.0 and math.isnan(lone.low) and lone.verdict == "cannot tell"
+    tied = paired_difference([50.0, 52.0], [55.0, 57.0])  # equal differences: zero width, no evidence
+    assert tied.low == tied.high == 5.0 and tied.verdict == "cannot tell"
     with pytest.raises(ValueError, match="one value per seed"):
         paired_difference([1.0, 2.0], [1.0])

@@ -130,9 +130,9 @@ def test_study_report_keeps_diverged_and_missing_runs_and_draws_the_band_plots(t
     assert "2 of 12 (condition, arm, seed) results are missing" in report
     assert "| teacher momentum 0.9 | 50.00 +- n/a (n=1) | 1 ok, 1 diverged |" in report
     assert "| batch 32 | 50.00 +- n/a (n=1) | 1 ok, 1 not run |" in report
-    # per-seed differences 10 and 10: a zero-width interval above 0
+    # per-seed differences 10 and 10: a zero-width interval, which is no evidence
     assert "| baseline | 50.50 +- 0.71 (n=2) | 2 ok | 60.50 +- 0.71 (n=2) | 2 ok | +10.00 [+10.00, +10.00] | " in report
-    assert "| +10.00 [+10.00, +10.00] | SimDINOv2 higher |" in report
+    assert "| +10.00 [+10.00, +10.00] | cannot tell |" in report
     assert "non-finite loss at iteration 12" in report  # the diverged run keeps its line and reason
     cpu_row = "| CPU seconds / iteration (training process, start-up included) | 1.25 +- 0.00 (1.25 to 1.25, n=2) |"
     assert cpu_row in report
