@@ -55,7 +55,7 @@ def _make_dinov2_model(
     settings.update(kwargs)
     model = ARCHS[_ARCH_BY_SHORT_NAME[short_name]](**settings)
     if weights is not None:
-        load_pretrained_backbone(model, weights)
+        load_pretrained_backbone(model, weights, entry_point="hub")
     return model
 
 

@@ -42,7 +42,7 @@ from dinov2.fsdp import (
 from dinov2.layers.dino_head import DINOHead
 from dinov2.loss import DINOLoss, KoLeoLoss, iBOTPatchLoss
 from dinov2.models import build_model_from_cfg
-from dinov2.utils.checkpoint import load_pretrained_backbone
+from dinov2.utils.pretrained import load_pretrained_weights
 
 logger = logging.getLogger(__name__)
 
@@ -93,10 +93,20 @@ class SSLMetaArch(nn.Module):
                 f"{cfg.ibot.mask_sample_probability}; raise them or set ibot.loss_weight=0"
             )
 
+        if not 0 <= cfg.student.freeze_backbone_epochs < cfg.optim.epochs:
+            raise ValueError(
+                f"student.freeze_backbone_epochs={cfg.student.freeze_backbone_epochs} must be in [0, optim.epochs="
+                f"{cfg.optim.epochs}); fix student.freeze_backbone_epochs"
+            )
         student_backbone, teacher_backbone, embed_dim = build_model_from_cfg(cfg)  # type: ignore[misc]
         self.embed_dim: int = embed_dim
-        if cfg.student.pretrained_weights:
-            load_pretrained_backbone(student_backbone, cfg.student.pretrained_weights)
+        if cfg.student.pretrained_weights:  # heads stay freshly initialised; the teacher copies the student below
+            load_pretrained_weights(
+                student_backbone,
+                cfg.student.pretrained_weights,
+                pretrained_img_size=cfg.student.pretrained_img_size,
+                pretrained_patch_size=cfg.student.pretrained_patch_size,
+            )
         self.student = nn.ModuleDict({"backbone": student_backbone, **self.build_heads(embed_dim)})
         self.teacher = nn.ModuleDict({"backbone": teacher_backbone, **self.build_heads(embed_dim)})
         self.teacher.load_state_dict(self.student.state_dict())
@@ -118,6 +128,7 @@ class SSLMetaArch(nn.Module):
                     "both replicated (NO_SHARD) or both sharded (SHARD_GRAD_OP / FULL_SHARD); make them agree"
                 )
         self.is_sharded = False
+        self.backbone_frozen = False  # see set_backbone_frozen (student.freeze_backbone_epochs)
         self.grad_scaler: torch.amp.GradScaler | None = None  # attached by build_grad_scaler (fp16 only)
         self._pending_center_logits: dict[str, list[Tensor]] = {"dino": [], "ibot": []}
         logger.info(
@@ -445,10 +456,29 @@ class SSLMetaArch(nn.Module):
         else:
             loss.backward()
 
+    def set_backbone_frozen(self, frozen: bool) -> None:
+        """Freeze / release the student backbone (`student.freeze_backbone_epochs`: heads learn first).
+
+        Frozen: its parameters do not require grad (no gradient, so the optimizer skips them and keeps no
+        state for them) and `update_teacher` leaves the teacher backbone alone, so both backbones stay
+        bit-identical to the weights they started from. Called every iteration; acts on a change only.
+        """
+        if frozen == self.backbone_frozen:
+            return
+        for param in self.student["backbone"].parameters():
+            param.requires_grad = not frozen
+        self.backbone_frozen = frozen
+        logger.info("student backbone %s", "frozen: only the heads train" if frozen else "released: all of it trains")
+
     @torch.no_grad()
     def update_teacher(self, momentum: float) -> None:
-        """EMA on local shards: `teacher <- momentum * teacher + (1 - momentum) * student` (fp32 masters)."""
+        """EMA on local shards: `teacher <- momentum * teacher + (1 - momentum) * student` (fp32 masters).
+
+        The backbone is skipped while it is frozen (`set_backbone_frozen`).
+        """
         for key in self.student.keys():
+            if key == "backbone" and self.backbone_frozen:
+                continue
             teacher_params = [local_tensor(p) for p in self.teacher[key].parameters()]
             student_params = [local_tensor(p) for p in self.student[key].parameters()]
             torch._foreach_mul_(teacher_params, momentum)

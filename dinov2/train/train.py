@@ -335,6 +335,7 @@ def do_train(cfg: DictConfig, model: SSLMetaArch, ctx: RunContext, *, dataset: A
         momentum, teacher_temp = schedules.momentum[iteration], schedules.teacher_temp[iteration]
         last_layer_lr = schedules.last_layer_lr[iteration]
         apply_optim_scheduler(optimizer, lr=lr, wd=wd, last_layer_lr=last_layer_lr)
+        model.set_backbone_frozen(iteration < cfg.student.freeze_backbone_epochs * ctx.epoch_length)
         is_log_step = iteration % log_period == 0 or iteration == ctx.max_iter - 1
 
         optimizer.zero_grad(set_to_none=True)

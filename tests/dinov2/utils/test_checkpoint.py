@@ -124,12 +124,35 @@ def test_truncated_and_non_torch_files(tmp_path):
         load_backbone_state_dict(tmp_path / "missing.pth")
 
 
+class _Arbitrary:
+    """A class that weights_only=True must refuse to unpickle."""
+
+
 def test_unsafe_pickle_is_refused(tmp_path):
     path = tmp_path / "unsafe.pth"
-    # DINO v1 checkpoints carry an argparse.Namespace, which weights_only=True refuses to unpickle.
-    torch.save({"model": tiny().state_dict(), "args": argparse.Namespace(lr=0.1)}, path)
+    torch.save({"model": tiny().state_dict(), "extra": _Arbitrary()}, path)
     with pytest.raises(CheckpointFormatError, match="weights_only=True"):
         load_backbone_state_dict(path)
+
+
+def test_dino_v1_checkpoint_with_namespace_args_loads(tmp_path):
+    # SimDINO v1 / DINO-v1 checkpoint.pth: compiled teacher and DDP student, argparse.Namespace args, epoch.
+    source = tiny(init_values=None)
+    backbone = {k: v for k, v in source.state_dict().items() if k != "mask_token"}
+    head = {"head.mlp.0.weight": torch.zeros(8, 32), "head.mlp.0.bias": torch.zeros(8)}
+    checkpoint = {
+        "student": {f"_orig_mod.module.backbone.{k}": v + 1 for k, v in backbone.items()},
+        "teacher": {**{f"_orig_mod.backbone.{k}": v for k, v in backbone.items()},
+                    **{f"_orig_mod.{k}": v for k, v in head.items()}},
+        "args": argparse.Namespace(arch="vit_small", patch_size=16),
+        "epoch": 100,
+    }  # fmt: skip
+    path = tmp_path / "checkpoint.pth"
+    torch.save(checkpoint, path)
+    target = tiny(seed=1, init_values=None)
+    load_pretrained_backbone(target, path, allowed_missing=["mask_token"])
+    for key, value in backbone.items():
+        assert torch.equal(target.state_dict()[key], value), key
 
 
 def test_foreign_checkpoints(tmp_path):
