@@ -266,10 +266,7 @@ def _diagnose(
     n_given = given_regs[1] if given_regs else 0
     n_expected = expected_regs[1] if expected_regs else 0
     if n_given != n_expected:
-        hints.append(
-            f"register tokens: checkpoint {n_given}, model {n_expected} "
-            f"(set {names['num_register_tokens']})"
-        )
+        hints.append(f"register tokens: checkpoint {n_given}, model {n_expected} (set {names['num_register_tokens']})")
     pos = shape(given, "pos_embed")
     expected_pos = shape(expected, "pos_embed")
     if pos is not None and expected_pos is not None and pos[1] != expected_pos[1]:
@@ -280,9 +277,7 @@ def _diagnose(
     given_depth = len({m.group(1) for m in map(_FLAT_BLOCK_KEY.match, given) if m})
     expected_depth = len({m.group(1) for m in map(_FLAT_BLOCK_KEY.match, expected) if m})
     if given_depth != expected_depth:
-        hints.append(
-            f"depth: checkpoint {given_depth} blocks, model {expected_depth} (set {names['depth']})"
-        )
+        hints.append(f"depth: checkpoint {given_depth} blocks, model {expected_depth} (set {names['depth']})")
     has_ls = (any(".ls1.gamma" in k for k in given), any(".ls1.gamma" in k for k in expected))
     if has_ls[0] != has_ls[1]:
         hints.append(

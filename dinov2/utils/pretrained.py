@@ -115,31 +115,31 @@ def resize_pos_embed(
     return torch.cat([pos_embed[:, :1].float(), resized], dim=1).to(pos_embed.dtype)
 
 
-def load_pretrained_weights(
+def convert_pretrained_state_dict(
     backbone: nn.Module,
-    path: str | os.PathLike,
+    state_dict: dict[str, Tensor],
     *,
     pretrained_img_size: int | None = None,
     pretrained_patch_size: int | None = None,
-) -> CheckpointGeometry:
-    """Load released (or own) backbone weights into a training backbone, resizing patch size and grid.
+    source: str = "checkpoint",
+) -> tuple[dict[str, Tensor], CheckpointGeometry]:
+    """Backbone tensors of a checkpoint converted to `backbone`'s patch size and grid, checked strictly.
 
     Args:
         backbone: the run's DinoVisionTransformer (patch size and grid from `student.patch_size` and
-            `crops.global_crops_size`); changed in place.
-        path: any of `dinov2.utils.checkpoint.ACCEPTED_FORMATS` (`student.pretrained_weights`).
+            `crops.global_crops_size`); not modified.
+        state_dict: backbone tensors as `dinov2.utils.checkpoint.load_backbone_state_dict` returns them.
         pretrained_img_size, pretrained_patch_size: what the file is expected to hold
             (`student.pretrained_img_size` / `student.pretrained_patch_size`, e.g. 518 / 14 for the DINOv2 hub
-            files); None reads them from the file. A file that disagrees is refused.
+            files); None reads them from the file. A file that disagrees is refused (ValueError).
+        source: how errors name the file.
 
-    The patch-embedding kernel is converted to the backbone's patch size with the FlexiViT pseudo-inverse
-    resize and the position embedding to its grid by bicubic interpolation. A checkpoint without a mask
-    token (SimDINO v1 / DINO-v1 layout) keeps the backbone's zero-initialised one. Everything else must
-    match exactly (CheckpointMismatchError naming the config keys otherwise); the backbone is untouched
-    on any error. Returns the geometry of the file.
+    The patch-embedding kernel [D, C, p, p] is converted to the backbone's patch size with the FlexiViT
+    pseudo-inverse resize and the position embedding [1, 1 + M^2, D] to its grid by bicubic interpolation.
+    Everything else must match exactly (CheckpointMismatchError naming the config keys otherwise); a
+    missing mask token (SimDINO v1 / DINO-v1 layout) is allowed. Returns the state dict keyed like
+    `backbone.state_dict()` and the geometry of the file.
     """
-    source = f"student.pretrained_weights={os.fspath(path)}"
-    state_dict = load_backbone_state_dict(path)
     geometry = checkpoint_geometry(state_dict, source)
     declared = {
         "student.pretrained_patch_size": (pretrained_patch_size, geometry.patch_size),
@@ -155,7 +155,9 @@ def load_pretrained_weights(
     grid_size = math.isqrt(backbone.pos_embed.shape[1] - 1)  # type: ignore[union-attr, operator]
     converted = dict(state_dict)
     if geometry.patch_size != patch_size:
-        converted["patch_embed.proj.weight"] = resize_patch_embed_kernel(state_dict["patch_embed.proj.weight"], patch_size)
+        converted["patch_embed.proj.weight"] = resize_patch_embed_kernel(
+            state_dict["patch_embed.proj.weight"], patch_size
+        )
     if geometry.grid_size != grid_size:
         converted["pos_embed"] = resize_pos_embed(
             state_dict["pos_embed"],
@@ -167,21 +169,44 @@ def load_pretrained_weights(
     checked = check_backbone_state_dict(
         backbone, converted, allowed_missing=allowed_missing, source=source, entry_point="train"
     )
+    return checked, geometry
+
+
+def load_pretrained_weights(
+    backbone: nn.Module,
+    path: str | os.PathLike,
+    *,
+    pretrained_img_size: int | None = None,
+    pretrained_patch_size: int | None = None,
+) -> CheckpointGeometry:
+    """`student.pretrained_weights`: read `path` (any of `ACCEPTED_FORMATS`), convert, load into `backbone`.
+
+    See `convert_pretrained_state_dict` for the conversion and the checks; the backbone is untouched on any
+    error. A checkpoint without a mask token keeps the backbone's zero-initialised one. Returns the
+    geometry (patch size, grid) of the file.
+    """
+    source = f"student.pretrained_weights={os.fspath(path)}"
+    checked, geometry = convert_pretrained_state_dict(
+        backbone,
+        load_backbone_state_dict(path),
+        pretrained_img_size=pretrained_img_size,
+        pretrained_patch_size=pretrained_patch_size,
+        source=source,
+    )
     incompatible = backbone.load_state_dict(checked, strict=geometry.has_mask_token)
     assert not incompatible.unexpected_keys, f"unexpected keys after checking: {incompatible.unexpected_keys}"
+    patch_size = int(backbone.patch_size)  # type: ignore[arg-type]
+    grid_size = math.isqrt(backbone.pos_embed.shape[1] - 1)  # type: ignore[union-attr, operator]
     logger.info(
-        "loaded %d backbone tensors from %s: patch %d -> %d (FlexiViT resize: %s), grid %dx%d -> %dx%d "
-        "(bicubic: %s)%s",
+        "loaded %d backbone tensors from %s: patch %d -> %d, grid %dx%d -> %dx%d%s",
         len(checked),
         source,
         geometry.patch_size,
         patch_size,
-        geometry.patch_size != patch_size,
         geometry.grid_size,
         geometry.grid_size,
         grid_size,
         grid_size,
-        geometry.grid_size != grid_size,
-        "" if geometry.has_mask_token else "; no mask token in the file (DINO-v1 layout): kept the zero init",
+        "; no mask token in the file (DINO-v1 layout): kept the zero init" if not geometry.has_mask_token else "",
     )
     return geometry

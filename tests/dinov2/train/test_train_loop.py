@@ -192,3 +192,74 @@ def test_bad_image_counter_is_logged(tmp_path):
     assert records[-1]["iteration"] == 1
     assert records[-1]["last"]["bad_images"] == 1.0
     assert records[-1]["last"]["bad_image_fraction"] == pytest.approx(1 / 9)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Continued pretraining: student.pretrained_weights and student.freeze_backbone_epochs
+# ---------------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def released_backbone(tmp_path_factory) -> pathlib.Path:
+    """A hub-format file (flat backbone keys) of the tiny config's backbone, with non-initial weights."""
+    cfg = load_config(TINY, RUN_OPTS)
+    torch.manual_seed(123)
+    backbone, _ = build_model_from_cfg(cfg, only_teacher=True)
+    with torch.no_grad():
+        for param in backbone.parameters():
+            param.add_(torch.randn_like(param) * 0.01)
+    path = tmp_path_factory.mktemp("released") / "tiny_pretrain.pth"
+    torch.save(backbone.state_dict(), path)
+    return path
+
+
+def test_teacher_equals_student_at_step_0_and_heads_are_fresh(released_backbone):
+    released = torch.load(released_backbone, weights_only=True)
+    torch.manual_seed(0)
+    model = SSLMetaArch(load_config(TINY, [f"student.pretrained_weights={released_backbone}"]))
+    assert model.student.state_dict().keys() == model.teacher.state_dict().keys()
+    for name, value in model.student.state_dict().items():
+        assert torch.equal(model.teacher.state_dict()[name], value), name
+    for name, value in released.items():
+        assert torch.equal(model.student["backbone"].state_dict()[name], value), name
+    torch.manual_seed(0)
+    fresh = SSLMetaArch(load_config(TINY))
+    for name, value in fresh.student["dino_head"].state_dict().items():  # heads: the random init of the seed
+        assert torch.equal(model.student["dino_head"].state_dict()[name], value), name
+
+
+def test_freeze_backbone_epochs_keeps_both_backbones_bit_identical_then_releases(released_backbone, tmp_path):
+    output_dir = tmp_path / "frozen"
+    # 8 iterations of E = 2: the backbone is frozen during iterations 0-3 (checkpoint model_0000003 is taken
+    # after them), trains during 4-7 (model_final).
+    run_main(output_dir, f"student.pretrained_weights={released_backbone}", "student.freeze_backbone_epochs=2",
+             resume=False)  # fmt: skip
+    released = torch.load(released_backbone, weights_only=True)
+    cfg = load_config(TINY, RUN_OPTS)
+
+    def restored(name: str) -> SSLMetaArch:
+        model = SSLMetaArch(cfg)
+        Checkpointer(output_dir=output_dir, model=model, optimizer=None, max_to_keep=2).load(
+            str(output_dir / "checkpoints" / name), model_only=True
+        )
+        return model
+
+    initial_heads = SSLMetaArch(cfg).student["dino_head"].state_dict()
+    frozen = restored("model_0000003")
+    for role in ("student", "teacher"):
+        for name, value in released.items():
+            assert torch.equal(getattr(frozen, role)["backbone"].state_dict()[name], value), (role, name)
+    heads = frozen.student["dino_head"].state_dict()
+    assert any(not torch.equal(value, initial_heads[name]) for name, value in heads.items()), "the heads learn"
+    final = restored("model_final")
+    for role in ("student", "teacher"):
+        state = getattr(final, role)["backbone"].state_dict()
+        moved = [name for name, value in released.items() if not torch.equal(state[name], value)]
+        assert len(moved) > len(released) // 2, (role, moved)
+    records = losses_by_iteration(output_dir)
+    assert [records[i]["backbone_grad_norm"] for i in range(4)] == [0.0] * 4
+    assert all(records[i]["backbone_grad_norm"] > 0 for i in range(4, 8))
+    assert "student backbone released" in (output_dir / "logs" / "log.txt").read_text()
+
+
+def test_freeze_backbone_epochs_must_leave_training_time():
+    with pytest.raises(ValueError, match=r"student.freeze_backbone_epochs=4 must be in \[0, optim.epochs=4\)"):
+        SSLMetaArch(load_config(TINY, [*RUN_OPTS, "student.freeze_backbone_epochs=4"]))
