@@ -25,6 +25,7 @@ import logging
 import os
 import pickle
 import re
+import warnings
 import zipfile
 from typing import Any, Iterable, Literal, Mapping
 
@@ -74,12 +75,13 @@ _SETTING_NAMES: dict[str, dict[str, str]] = {
         "ffn": "--opts student.ffn_layer=<mlp|swiglufused>",
     },
     "hub": {
-        "patch_size": "the entry point (patch 14: dinov2_*14*, patch 16: simdino*_vit*16) or patch_size=",
-        "num_register_tokens": "the entry point (*_reg for 4 registers) or num_register_tokens=",
-        "arch": "the entry point (s / b / l / g)",
+        "patch_size": "the hub entry point / --arch name (dinov2_*14: patch 14, simdino*_*16: patch 16) or patch_size=",
+        "num_register_tokens": "the hub entry point / --arch name (dinov2_*_reg, simdinov2_*: 4 registers) or "
+        "num_register_tokens=",
+        "arch": "the hub entry point / --arch name (s / b / l / g)",
         "grid": "img_size=",
-        "depth": "the entry point (s / b / l / g) or depth=",
-        "layerscale": "init_values= (None removes LayerScale)",
+        "depth": "the hub entry point / --arch name (s / b / l / g) or depth=",
+        "layerscale": "the hub entry point / --arch name (simdino_*: none) or init_values= (None removes LayerScale)",
         "ffn": "ffn_layer=",
     },
 }
@@ -199,7 +201,9 @@ def _load_dcp_teacher_backbone(path: str) -> dict[str, Tensor]:
             f"{sorted(metadata)[:8]}"
         )
     state = {"model": wanted}
-    dcp.load(state, checkpoint_id=path, no_dist=True)
+    with warnings.catch_warnings():  # no_dist=True is meant: every rank reads the full tensors on its own
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        dcp.load(state, checkpoint_id=path, no_dist=True)
     return {key[len("teacher.backbone.") :]: value for key, value in state["model"].items()}
 
 

@@ -260,6 +260,17 @@ def test_freeze_backbone_epochs_keeps_both_backbones_bit_identical_then_releases
     assert "student backbone released" in (output_dir / "logs" / "log.txt").read_text()
 
 
+def test_a_training_checkpoint_directory_is_a_pretrained_weights_format(reference_run):
+    """student.pretrained_weights=<run>/checkpoints/model_final: its teacher backbone, the same as the export."""
+    checkpoint_dir = reference_run / "checkpoints" / "model_final"
+    exported = torch.load(reference_run / "eval" / "training_7" / "teacher_checkpoint.pth", weights_only=True)
+    model = SSLMetaArch(load_config(TINY, [f"student.pretrained_weights={checkpoint_dir}"]))
+    for role in ("student", "teacher"):
+        for name, value in model.student["backbone"].state_dict().items():
+            assert torch.equal(getattr(model, role)["backbone"].state_dict()[name], value)
+            torch.testing.assert_close(value, exported["teacher"][f"backbone.{name}"], rtol=0, atol=0)
+
+
 def test_freeze_backbone_epochs_must_leave_training_time():
     with pytest.raises(ValueError, match=r"student.freeze_backbone_epochs=4 must be in \[0, optim.epochs=4\)"):
         SSLMetaArch(load_config(TINY, [*RUN_OPTS, "student.freeze_backbone_epochs=4"]))
