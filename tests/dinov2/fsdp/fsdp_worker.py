@@ -34,6 +34,13 @@ CONFIG = os.path.join(
 )
 
 
+def full_state(model: SSLMetaArch) -> dict[str, torch.Tensor]:
+    """Full (gathered) model state on CPU; a collective when distributed."""
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    state = get_model_state_dict(model, options=options) if distributed.is_enabled() else model.state_dict()
+    return {k: v.detach().cpu().clone() for k, v in state.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", required=True)
@@ -41,6 +48,7 @@ def main() -> None:
     parser.add_argument("--global-batch", type=int, default=8)
     parser.add_argument("--accum", type=int, default=1)
     parser.add_argument("--checkpoint-dir", default=None, help="also save a training checkpoint there at the end")
+    parser.add_argument("--freeze-steps", type=int, default=0, help="student backbone frozen for the first steps")
     parser.add_argument("opts", nargs="*")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -54,8 +62,10 @@ def main() -> None:
     per_rank = args.global_batch // environment.world_size
     per_micro = per_rank // args.accum
     losses = []
+    snapshots = {"initial": full_state(model)} if args.freeze_steps else {}
     for step, batch in enumerate(batches):
         torch.manual_seed(100 + step)
+        model.set_backbone_frozen(step < args.freeze_steps)
         apply_optim_scheduler(optimizer, lr=1e-3, wd=0.04, last_layer_lr=1e-3 if step > 0 else 0.0)
         optimizer.zero_grad(set_to_none=True)
         rank_images = list(range(environment.rank * per_rank, (environment.rank + 1) * per_rank))
@@ -72,6 +82,8 @@ def main() -> None:
         losses.append(model.all_reduce_metrics(step_metrics))
         clip_and_step(model, optimizer, cfg.optim.clip_grad)
         model.update_teacher(0.9)
+        if step == args.freeze_steps - 1:
+            snapshots["frozen"] = full_state(model)
     if args.checkpoint_dir is not None:
         checkpointer = Checkpointer(output_dir=args.checkpoint_dir, model=model, optimizer=optimizer, max_to_keep=1)
         checkpointer.save(f"model_{args.steps - 1:07d}", iteration=args.steps - 1)
@@ -79,13 +91,13 @@ def main() -> None:
     optimizer_state = get_optimizer_state_dict(
         model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
     )
-    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    state = get_model_state_dict(model, options=options) if distributed.is_enabled() else model.state_dict()
+    state = full_state(model)
     if distributed.is_main_process():
         torch.save(
             {
                 "losses": losses,
-                "state": {k: v.detach().cpu() for k, v in state.items()},
+                "state": state,
+                "snapshots": snapshots,
                 "optimizer": optimizer_state,
                 "launcher": environment.launcher,
                 "backend": environment.backend,

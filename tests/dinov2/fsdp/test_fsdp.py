@@ -73,3 +73,16 @@ def test_two_gloo_processes_equal_one_process_and_checkpoints_reshard(tmp_path):
     for name, param_state in sharded["optimizer"]["state"].items():
         for key, value in param_state.items():
             torch.testing.assert_close(loaded_optimizer["state"][name][key], value, msg=f"{name}.{key}")
+
+
+def test_frozen_backbone_stays_bit_identical_under_fsdp_then_trains(tmp_path):
+    """student.freeze_backbone_epochs toggles requires_grad on sharded parameters: FSDP2 must honour both ways."""
+    run = run_worker(tmp_path / "frozen.pt", 2, "--steps", "3", "--freeze-steps", "2")
+    initial, frozen, final = run["snapshots"]["initial"], run["snapshots"]["frozen"], run["state"]
+    backbone = [name for name in initial if name.startswith(("student.backbone.", "teacher.backbone."))]
+    for name in backbone:
+        assert torch.equal(frozen[name], initial[name]), name
+    heads = [name for name in initial if name.startswith("student.dino_head.")]
+    assert any(not torch.equal(frozen[name], initial[name]) for name in heads), "the heads train while frozen"
+    moved = [name for name in backbone if name.startswith("student.") and not torch.equal(final[name], initial[name])]
+    assert len(moved) > len(backbone) // 4, moved
