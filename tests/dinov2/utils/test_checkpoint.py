@@ -222,3 +222,23 @@ def test_allowed_missing_mask_token(tmp_path):
         load_pretrained_backbone(target, path)
     load_pretrained_backbone(target, path, allowed_missing=["mask_token"])
     assert torch.equal(target.pos_embed, source.pos_embed)
+
+
+@pytest.mark.parametrize(
+    "entry_point, patch_hint, register_hint",
+    [
+        ("eval", "(set --patch-size)", "(set --num-register-tokens)"),
+        ("train", "(set student.patch_size", "(set student.num_register_tokens)"),
+        ("hub", "(set the hub entry point / --arch name (dinov2_*14: patch 14", "or num_register_tokens=)"),
+    ],
+)
+def test_hints_name_what_applies_at_the_entry_point(tmp_path, entry_point, patch_hint, register_hint):
+    """A train.py or torch.hub user is never told to pass --patch-size / --num-register-tokens."""
+    path = tmp_path / "source.pth"
+    torch.save(tiny(patch_size=4, img_size=16, num_register_tokens=4).state_dict(), path)
+    with pytest.raises(CheckpointMismatchError) as info:
+        load_pretrained_backbone(tiny(), path, entry_point=entry_point)
+    message = str(info.value)
+    assert patch_hint in message and register_hint in message
+    if entry_point != "eval":
+        assert "--patch-size" not in message and "--num-register-tokens" not in message
