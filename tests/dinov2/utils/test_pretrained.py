@@ -241,3 +241,22 @@ def test_chunked_teacher_export_loads_into_a_flat_run(tmp_path):
     target = DinoVisionTransformer(img_size=32, patch_size=8, embed_dim=32, depth=4, num_heads=2, init_values=0.1)
     load_pretrained_weights(target, path)
     assert all(torch.equal(target.state_dict()[k], v) for k, v in source.state_dict().items())
+
+
+@pytest.mark.parametrize(
+    "recipe, objective",
+    [
+        ("simdinov2_from_dinov2_vits14.yaml", "SimDINOMetaArch"),
+        ("simdinov2_from_dinov2_vitb14.yaml", "SimDINOMetaArch"),
+        ("simdinov2_from_simdinov2_vitb16.yaml", "SimDINOMetaArch"),
+        ("dinov2_from_dinov2_vitb14.yaml", "SSLMetaArch"),
+    ],
+)
+def test_recipes_select_their_objective_and_warm_up_after_the_frozen_epochs(recipe, objective):
+    from simdinov2.train.build import select_meta_arch
+
+    cfg = load_config(RECIPES / recipe)
+    assert select_meta_arch(cfg).__name__ == objective  # also runs the SimDINO config checks
+    assert 0 < cfg.student.freeze_backbone_epochs < cfg.optim.warmup_epochs < cfg.optim.epochs
+    for size in (cfg.crops.global_crops_size, cfg.crops.local_crops_size):
+        assert size % cfg.student.patch_size == 0
