@@ -13,7 +13,10 @@ For each seed:
    (a) `simdinov2`: SimDINOv2 objective from the source file (configs/continue recipe settings: lower lr,
        short warm-up, heads warmed up with the backbone frozen for `--freeze-steps`, teacher momentum 0.99),
    (b) `dinov2`: the DINOv2 objective from the source file with fresh prototype heads, same settings,
-   (c) `scratch`: SimDINOv2 from random initialisation with the demo recipe's own settings.
+   (c) `scratch`: SimDINOv2 from random initialisation with the demo recipe's own settings,
+   and, with `--arms dinov2_standard`, (d) the DINOv2 objective from the source file as in #204: the head
+   warm-up, then the from-scratch settings (full lr and warm-up, DINOv2's teacher momentum 0.992).
+   `--source-dir` reuses the source files of an earlier run (same seeds) instead of pretraining again.
 
 Teacher k-NN (x_norm_clstoken of the un-augmented 32 px images, cosine, k = 20, T = 0.07, as
 benchmarks/digits_recipe.py) is measured on the source held-out set (Digits VAL 0-4 against TRAIN 0-4) and on
@@ -54,7 +57,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIMDINOV2_RECIPE = os.path.join(REPO, "configs", "tiny", "simdinov2_digits_demo.yaml")
 SOURCE_CLASSES = (0, 1, 2, 3, 4)
 TARGET_CLASSES = (5, 6, 7, 8, 9)
-ARMS = ("simdinov2", "dinov2", "scratch")
+ARMS = ("simdinov2", "dinov2", "scratch", "dinov2_standard")
 # The DINOv2 objective on the same backbone: prototype heads (fresh), centering, KoLeo, DINOv2 teacher temperatures.
 DINOV2_OBJECTIVE = [
     "dino.use_mcr=false", "ibot.use_mcr=false", "dino.remove_last_layer=false", "ibot.remove_last_layer=false",
@@ -162,6 +165,10 @@ def arm_config(arm: str, *, steps: int, source_file: str, freeze_steps: int, bat
     common = [f"train.batch_size_per_gpu={batch}", "train.OFFICIAL_EPOCH_LENGTH=1", f"optim.epochs={steps}"]
     if arm == "scratch":  # the demo recipe as is, scaled to the budget (warm-up 10 % as in the recipe)
         return resolved(common + [f"optim.warmup_epochs={max(steps // 10, 1)}"])
+    if arm == "dinov2_standard":  # #204: heads warmed up on the frozen backbone, then the from-scratch recipe
+        standard = [f"student.pretrained_weights={source_file}", f"student.freeze_backbone_epochs={freeze_steps}",
+                    f"optim.warmup_epochs={max(steps // 10, 1)}", "teacher.momentum_teacher=0.992"]  # fmt: skip
+        return resolved(common + standard + DINOV2_OBJECTIVE)
     # configs/continue settings: a quarter of the from-scratch lr, a short warm-up after a head warm-up,
     # slow teacher (0.99 -> 1) so that the teacher keeps the released features while the student adapts.
     continued = [
@@ -185,7 +192,7 @@ def summarise(results: dict, eval_steps: list[int]) -> str:
         f"{'arm':<10} {'step':>5} {'target k-NN %':>16} {'source k-NN %':>16}   (mean +- std over "
         f"{len(results['seeds'])} seeds)"
     ]
-    for arm in ARMS:
+    for arm in results["arms"]:
         for index, step in enumerate(eval_steps):
             cells = []
             for domain in ("target", "source"):
@@ -205,10 +212,11 @@ def plot(results: dict, eval_steps: list[int], path: str) -> None:
         "simdinov2": "(a) SimDINOv2, continued",
         "dinov2": "(b) DINOv2 objective, continued (fresh prototypes)",
         "scratch": "(c) SimDINOv2 from scratch",
+        "dinov2_standard": "(d) DINOv2 objective, continued with the from-scratch lr",
     }
     figure, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
     for axis, domain in zip(axes, ("target", "source"), strict=True):
-        for arm in ARMS:
+        for arm in results["arms"]:
             values = np.array([[row[domain] for row in run] for run in results["arms"][arm]])
             mean, std = values.mean(axis=0), values.std(axis=0, ddof=1) if len(values) > 1 else 0 * values[0]
             axis.plot(eval_steps, mean, marker="o", label=labels[arm])
@@ -232,28 +240,47 @@ def main() -> None:
     parser.add_argument("--freeze-steps", type=int, default=10, help="head warm-up steps (backbone frozen)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--eval-steps", type=int, nargs="+", default=[0, 25, 50, 100, 150, 200])
+    parser.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS[:3]))
+    parser.add_argument("--source-dir", default=None, help="reuse source_seed<s>_pretrain.pth files from this folder")
     parser.add_argument("--output-dir", required=True)
     parser.add_argument("--plot", default=os.path.join(REPO, "docs", "img", "continued_pretraining.png"))
+    parser.add_argument(
+        "--report-only", nargs="+", metavar="RESULTS_JSON", default=None,
+        help="train nothing: merge the arms of these results.json files (same seeds and steps), print, plot",
+    )  # fmt: skip
     args = parser.parse_args()
+    if args.report_only is not None:
+        results = json.load(open(args.report_only[0]))
+        for path in args.report_only[1:]:
+            other = json.load(open(path))
+            if (other["seeds"], other["eval_steps"]) != (results["seeds"], results["eval_steps"]):
+                parser.error(f"{path} has other seeds or eval steps than {args.report_only[0]}")
+            results["arms"].update(other["arms"])
+        print(summarise(results, results["eval_steps"]))
+        plot(results, results["eval_steps"], args.plot)
+        return
     torch.set_num_threads(1)
     os.makedirs(args.output_dir, exist_ok=True)
     probe = KnnProbe()
     results: dict = {"seeds": args.seeds, "eval_steps": args.eval_steps, "args": vars(args), "source": [],
-                     "arms": {arm: [] for arm in ARMS}}  # fmt: skip
+                     "arms": {arm: [] for arm in args.arms}}  # fmt: skip
     start = time.time()
     for seed in args.seeds:
-        source_cfg = resolved([
-            f"train.batch_size_per_gpu={args.batch_size}", "train.OFFICIAL_EPOCH_LENGTH=1",
-            f"optim.epochs={args.source_steps}", f"optim.warmup_epochs={max(args.source_steps // 10, 1)}",
-        ])  # fmt: skip
-        source_model, source_rows = train(
-            source_cfg, SOURCE_CLASSES, args.source_steps, [args.source_steps], probe, seed
-        )
-        source_file = os.path.join(args.output_dir, f"source_seed{seed}_pretrain.pth")
-        torch.save(source_model.teacher["backbone"].state_dict(), source_file)  # hub format: flat backbone keys
-        results["source"].append(source_rows[-1])
-        print(f"seed {seed}: source model {source_rows[-1]} ({time.time() - start:.0f} s)", flush=True)
-        for arm in ARMS:
+        if args.source_dir is None:
+            source_cfg = resolved([
+                f"train.batch_size_per_gpu={args.batch_size}", "train.OFFICIAL_EPOCH_LENGTH=1",
+                f"optim.epochs={args.source_steps}", f"optim.warmup_epochs={max(args.source_steps // 10, 1)}",
+            ])  # fmt: skip
+            source_model, source_rows = train(
+                source_cfg, SOURCE_CLASSES, args.source_steps, [args.source_steps], probe, seed
+            )
+            source_file = os.path.join(args.output_dir, f"source_seed{seed}_pretrain.pth")
+            torch.save(source_model.teacher["backbone"].state_dict(), source_file)  # hub format: flat backbone keys
+            results["source"].append(source_rows[-1])
+            print(f"seed {seed}: source model {source_rows[-1]} ({time.time() - start:.0f} s)", flush=True)
+        else:
+            source_file = os.path.join(args.source_dir, f"source_seed{seed}_pretrain.pth")
+        for arm in args.arms:
             cfg = arm_config(
                 arm, steps=args.target_steps, source_file=source_file, freeze_steps=args.freeze_steps,
                 batch=args.batch_size,
