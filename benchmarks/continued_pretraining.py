@@ -187,10 +187,14 @@ def resolved(overrides: list[str]) -> DictConfig:
     return cfg
 
 
+def completed_seeds(results: dict) -> int:
+    return min(len(runs) for runs in results["arms"].values())
+
+
 def summarise(results: dict, eval_steps: list[int]) -> str:
     lines = [
         f"{'arm':<10} {'step':>5} {'target k-NN %':>16} {'source k-NN %':>16}   (mean +- std over "
-        f"{len(results['seeds'])} seeds)"
+        f"{completed_seeds(results)} seeds)"
     ]
     for arm in results["arms"]:
         for index, step in enumerate(eval_steps):
@@ -226,7 +230,9 @@ def plot(results: dict, eval_steps: list[int], path: str) -> None:
         axis.grid(alpha=0.3)
     axes[0].set_ylabel("teacher k-NN top-1 %")
     axes[0].legend(fontsize=7, loc="lower right")
-    figure.suptitle(f"Continued pretraining, mean +- std over {len(results['seeds'])} seeds (2-core CPU)", fontsize=9)
+    figure.suptitle(
+        f"Continued pretraining, mean +- std over {completed_seeds(results)} seeds (2-core CPU)", fontsize=9
+    )
     figure.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     figure.savefig(path, dpi=90)
