@@ -10,13 +10,14 @@ from stopping a run before the rate is meaningful.
 Reading the counter (training loop, main process): `n_attempted, n_failed = dataset.bad_images.totals()`.
 """
 
-import io
 import logging
 from typing import Any, Callable
 
 import torch
 from PIL import Image
 from torchvision.datasets import VisionDataset
+
+from dinov2.data.decoding import decode_image
 
 logger = logging.getLogger(__name__)
 
@@ -58,12 +59,6 @@ class BadImageCounter:
 
     def reset(self) -> None:
         self._counts.zero_()
-
-
-def decode_image(data: bytes) -> Image.Image:
-    """Decode encoded image bytes into a fully loaded RGB PIL image (raises on truncated data)."""
-    image = Image.open(io.BytesIO(data))
-    return image.convert("RGB")
 
 
 class ExtendedVisionDataset(VisionDataset):
