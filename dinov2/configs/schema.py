@@ -226,6 +226,6 @@ SCHEMA: dict[str, Rule] = {
     "crops.global_crops_2_blur_prob": PROBABILITY,
     "crops.local_crops_blur_prob": PROBABILITY,
     "evaluation.eval_period_iterations": Int(min=0),
-    "checkpointing.period_iterations": Int(min=1),
+    "checkpointing.period_iterations": Int(min=0),
     "checkpointing.max_to_keep": Int(min=1),
 }

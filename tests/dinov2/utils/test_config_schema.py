@@ -39,7 +39,7 @@ PROBES = [
     ("optim.base_lr=abc", "optim.base_lr='abc': expected a number >= 0"),
     ("student.patch_size=0", "student.patch_size=0: expected an integer >= 1"),
     ("optim.base_lr=-1", "optim.base_lr=-1: expected a number >= 0"),
-    ("checkpointing.period_iterations=-1", "checkpointing.period_iterations=-1: expected an integer >= 1"),
+    ("checkpointing.period_iterations=-1", "checkpointing.period_iterations=-1: expected an integer >= 0"),
     ("train.max_bad_image_fraction=2", "train.max_bad_image_fraction=2: expected a number in [0, 1]"),
 ]
 
