@@ -213,15 +213,16 @@ def _no_target(_: Any) -> tuple[()]:
 
 
 def bad_image_metrics(dataset: Any) -> dict[str, float]:
-    """Undecodable-image counts of file-backed datasets (`dataset.bad_images`, dinov2/data/datasets/extended.py).
+    """Undecodable files of file-backed datasets (`dataset.bad_images`, dinov2/data/datasets/extended.py):
+    distinct files that failed, and their fraction of the distinct files read, on this rank.
 
     In-memory datasets (Digits) have no counter and report nothing.
     """
     counter = getattr(dataset, "bad_images", None)
     if counter is None:
         return {}
-    n_attempted, n_failed = counter.totals()
-    return {"bad_images": float(n_failed), "bad_image_fraction": n_failed / max(n_attempted, 1)}
+    n_read, n_failed = counter.totals()
+    return {"bad_images": float(n_failed), "bad_image_fraction": n_failed / max(n_read, 1)}
 
 
 def build_data_loader(cfg: DictConfig, dataset: Any, *, dtype: torch.dtype, start_iter: int) -> Iterable[Any]:
