@@ -6,6 +6,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import torch
 from PIL import Image
 
 from dinov2.data import decode_image, make_dataset, to_rgb
@@ -167,6 +168,18 @@ def test_training_dataset_and_segmentation_loader_decode_16_bit(tmp_path: Path) 
     loaded = LoadRGBImageFromFile()({"img_path": str(tmp_path / "images" / "a.png")})
     np.testing.assert_array_equal(loaded["img"], expected[..., ::-1])
     assert loaded["ori_shape"] == SHAPE
+
+
+def test_davis_frames_decode_16_bit_like_8_bit(tmp_path: Path) -> None:
+    from eval.davis.propagation import read_frame
+
+    values = RNG.integers(0, 65536, size=(32, 64, 3), dtype=np.uint16)
+    assert cv2.imwrite(str(tmp_path / "frame16.png"), np.ascontiguousarray(values[..., ::-1]))
+    Image.fromarray((values // 256).astype(np.uint8)).save(tmp_path / "frame8.png")
+    frame16, size16 = read_frame(tmp_path / "frame16.png", patch_size=8, short_side=32)
+    frame8, size8 = read_frame(tmp_path / "frame8.png", patch_size=8, short_side=32)
+    assert size16 == size8 == (32, 64)
+    assert torch.equal(frame16, frame8)
 
 
 def test_no_image_is_opened_outside_the_decoder() -> None:
