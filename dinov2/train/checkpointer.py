@@ -172,6 +172,14 @@ def _safe_dcp_load(state: dict[str, Any], path: str) -> None:
     dcp.load(state, storage_reader=_SafeFileSystemReader(path), planner=_SafeLoadPlanner())
 
 
+def _describe_error(error: BaseException) -> str:
+    """One line per failure; DCP's CheckpointException carries the exception of every failed rank."""
+    failures = getattr(error, "failures", None)
+    if isinstance(failures, dict) and failures:
+        return "; ".join(f"rank {rank}: {type(exc).__name__}: {exc}" for rank, (exc, _) in sorted(failures.items()))
+    return f"{type(error).__name__}: {error}"
+
+
 def _model_keys(metadata: dcp_metadata.Metadata) -> set[str]:
     return {key.removeprefix("model.") for key in metadata.state_dict_metadata if key.startswith("model.")}
 
@@ -331,7 +339,7 @@ class Checkpointer:
             return
         if distributed.is_main_process():
             shutil.rmtree(tmp_dir, ignore_errors=True)
-        cause = f"{type(error).__name__}: {error}" if error is not None else "it failed on another rank"
+        cause = _describe_error(error) if error is not None else "it failed on another rank"
         raise CheckpointSaveError(
             f"could not write checkpoint {final_dir}: {cause}. The write failed: check free space and quota of "
             f"{self.save_dir} (df -h, quota). {self._previous_checkpoint_state()}"

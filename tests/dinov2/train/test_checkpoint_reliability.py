@@ -18,7 +18,7 @@ import torch
 import torch.distributed.checkpoint as dcp
 
 from dinov2.distributed import free_port
-from dinov2.train.checkpointer import CheckpointSaveError, Checkpointer, ResumeError, UnsafeCheckpointError
+from dinov2.train.checkpointer import Checkpointer, CheckpointSaveError, ResumeError, UnsafeCheckpointError
 from dinov2.train.ssl_meta_arch import SSLMetaArch
 from dinov2.train.train import build_optimizer, get_args_parser, get_params_groups, main, restore
 from dinov2.utils.config import load_config
@@ -150,47 +150,42 @@ def test_genuine_checkpoint_resumes_and_loads_in_one_process(genuine, tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------------------
-# 1 (2 processes) and 9: a 2-process run resumes on 2 processes, and on 1 process with the lr change logged
+# 1 (2 processes) and 9: the 1-process checkpoint resumes on 2 gloo processes, with the changes logged
 # ----------------------------------------------------------------------------------------------------------
-def train_tool(output_dir: pathlib.Path, n_processes: int, *opts: str) -> subprocess.CompletedProcess:
+def train_tool(output_dir: pathlib.Path, n_processes: int, *opts: str) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
     for name in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"):
         env.pop(name, None)
     script = [str(ROOT / "tools" / "train.py"), "--config-file", str(TINY), "--output-dir", str(output_dir),
               *RUN_OPTS, *opts]  # fmt: skip
-    launcher = [sys.executable]
-    if n_processes > 1:
-        launcher += ["-m", "torch.distributed.run", f"--nproc_per_node={n_processes}", f"--master_port={free_port()}"]
+    launcher = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={n_processes}",
+                f"--master_port={free_port()}"]  # fmt: skip
     result = subprocess.run([*launcher, *script], env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return result
 
 
-def test_two_process_checkpoint_resumes_on_two_and_on_one_process_with_the_changes_logged(tmp_path):
-    two = tmp_path / "two"
-    train_tool(two, 2)
-    one = tmp_path / "one"
-    shutil.copytree(two, one)
-    train_tool(two, 2, "optim.epochs=3")
-    log = (two / "logs" / "log.txt").read_text()
-    assert "resumed from" in log and "optim.epochs: 2 -> 3" in log
-    assert "learning rate changes" not in log
-    assert metrics_iterations(two) == list(range(6))
-
-    train_tool(one, 1, "optim.epochs=3")
-    log = (one / "logs" / "log.txt").read_text()
+def test_resume_on_two_processes_logs_the_lr_and_every_changed_key_before_the_first_step(genuine, tmp_path):
+    output_dir = tmp_path / "run"
+    shutil.copytree(genuine, output_dir)
+    train_tool(output_dir, 2, "optim.epochs=3")
+    log = (output_dir / "logs" / "log.txt").read_text()
     resumed_at = log.index("resumed from")
     first_step = log.index("Training [4/6]")
-    # the lr change and every changed key are logged after the restore and before the first resumed step
-    lr_line = re.search(r"the learning rate changes on resume: optim.lr ([\d.e-]+) -> ([\d.e-]+) .*global batch "
-                        r"8 \(4 per process x 2 processes x 1\) -> 4 \(4 per process x 1 processes x 1\)", log)  # fmt: skip
+    batches = r"global batch 4 \(4 per process x 1 processes x 1\) -> 8 \(4 per process x 2 processes x 1\)"
+    lr_line = re.search(rf"the learning rate changes on resume: optim.lr ([\d.e-]+) -> ([\d.e-]+) .*{batches}", log)
     assert lr_line is not None, log[resumed_at:first_step]
-    assert float(lr_line[1]) == pytest.approx(0.004 * (8 / 1024) ** 0.5, rel=1e-5)
-    assert float(lr_line[2]) == pytest.approx(0.004 * (4 / 1024) ** 0.5, rel=1e-5)
+    assert float(lr_line[1]) == pytest.approx(0.004 * (4 / 1024) ** 0.5, rel=1e-5)  # 0.00025
+    assert float(lr_line[2]) == pytest.approx(0.004 * (8 / 1024) ** 0.5, rel=1e-5)  # 0.000354
     assert resumed_at < lr_line.start() < first_step
-    for change in ("optim.epochs: 2 -> 3", "optim.lr: 0.00035355", "train.output_dir: "):
+    # the copied run also moved: train.output_dir changed; unchanged keys are not listed
+    for change in ("optim.epochs: 2 -> 3", "optim.lr: 0.00025 -> 0.00035355", f"train.output_dir: '{genuine}' -> "):
         assert resumed_at < log.index(change) < first_step, change
-    assert metrics_iterations(one) == list(range(6))
+    assert "resuming with 3 config values that differ" in log
+    assert "student.arch" not in log[resumed_at:first_step]
+    assert metrics_iterations(output_dir) == list(range(6))
+    # the 2-process checkpoint written by the resumed run loads on one process
+    run_main(output_dir, eval_only=True)
+    assert (output_dir / "eval" / "manual_5" / "teacher_checkpoint.pth").is_file()
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -259,9 +254,7 @@ def test_other_partial_loads_are_refused_naming_the_keys(genuine, tmp_path):
     # other objective and another backbone (3 blocks): the backbones do not match either
     deeper = SimDINOMetaArch(simdino_cfg("student.depth=3"))
     with pytest.raises(ResumeError, match=r"backbone keys missing from the checkpoint: \[student\.backbone\.blocks\.2"):
-        Checkpointer(output_dir=tmp_path, model=deeper, optimizer=None, max_to_keep=1).load(
-            checkpoint, model_only=True
-        )
+        Checkpointer(output_dir=tmp_path, model=deeper, optimizer=None, max_to_keep=1).load(checkpoint, model_only=True)
 
 
 # ----------------------------------------------------------------------------------------------------------
