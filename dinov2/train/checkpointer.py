@@ -377,13 +377,15 @@ class Checkpointer:
             )
         return path
 
-    def load(self, path: str, *, model_only: bool = False) -> TrainerState | None:
+    def load(
+        self, path: str, *, model_only: bool = False, backbone_across_objectives: bool = False
+    ) -> TrainerState | None:
         """Restore `path` into the model (and optimizer, scaler state, RNG unless `model_only`).
 
-        A resume (`model_only=False`) needs a checkpoint of the same meta-architecture with exactly the
-        model's keys. A model-only load (MODEL.WEIGHTS, --eval-only) takes every tensor when the checkpoint's
-        objective (meta-architecture) is this model's, and only the student and teacher backbones when it
-        is the other objective; it logs what it loaded and what not. Any other key difference raises.
+        The checkpoint must be of this model's objective (meta-architecture) with exactly the model's keys.
+        With `backbone_across_objectives` (a model-only load of `MODEL.WEIGHTS`), a checkpoint of the other
+        objective loads only the student and teacher backbones, and the log names what was not loaded and
+        what stays at its initialisation. Any other key difference raises.
 
         Returns the TrainerState (None when `model_only`). Raises ResumeError on any mismatch,
         UnsafeCheckpointError when a file of `path` pickles anything but checkpoint data.
@@ -393,7 +395,11 @@ class Checkpointer:
         if not os.path.isfile(state_file):
             raise ResumeError(f"{path} is not a training checkpoint directory (no trainer_state.pth)")
         raw = torch.load(state_file, weights_only=True)
-        backbone_only = self._check_keys(path, metadata, raw.get("meta_arch"), model_only=model_only)
+        if backbone_across_objectives and not model_only:
+            raise ValueError("backbone_across_objectives applies to model-only loads")
+        backbone_only = self._check_keys(
+            path, metadata, raw.get("meta_arch"), backbone_across_objectives=backbone_across_objectives
+        )
         try:
             with _quiet_single_process_dcp():
                 self._load_tensors(path, model_only=model_only, backbone_only=backbone_only)
@@ -416,7 +422,7 @@ class Checkpointer:
         return trainer_state
 
     def _check_keys(
-        self, path: str, metadata: dcp_metadata.Metadata, meta_arch: str | None, *, model_only: bool
+        self, path: str, metadata: dcp_metadata.Metadata, meta_arch: str | None, *, backbone_across_objectives: bool
     ) -> bool:
         """Raise unless `path` fits the model; True when only the backbones are to be loaded (other objective)."""
         this_meta_arch = type(self.model).__name__
@@ -424,10 +430,11 @@ class Checkpointer:
         checkpoint_keys = _model_keys(metadata)
         other_objective = meta_arch is not None and meta_arch != this_meta_arch
         if other_objective:
-            if not model_only:
+            if not backbone_across_objectives:
                 raise ResumeError(
-                    f"cannot resume from {path}: it is a {meta_arch} checkpoint and this run trains {this_meta_arch}; "
-                    f"use another train.output_dir, and MODEL.WEIGHTS={path} to start from its backbone"
+                    f"cannot restore {path}: it is a {meta_arch} checkpoint and this run trains {this_meta_arch} "
+                    f"(another objective); use its own config, or another train.output_dir with "
+                    f"MODEL.WEIGHTS={path} to start from its backbone"
                 )
             model_keys = {key for key in model_keys if key.startswith(_BACKBONE_PREFIXES)}
             checkpoint_keys = {key for key in checkpoint_keys if key.startswith(_BACKBONE_PREFIXES)}

@@ -412,7 +412,7 @@ def restore(
     if cfg.MODEL.WEIGHTS:
         if not os.path.isdir(cfg.MODEL.WEIGHTS):
             raise ResumeError(f"MODEL.WEIGHTS={cfg.MODEL.WEIGHTS!r} is not a checkpoint directory; fix MODEL.WEIGHTS")
-        checkpointer.load(cfg.MODEL.WEIGHTS, model_only=True)
+        checkpointer.load(cfg.MODEL.WEIGHTS, model_only=True, backbone_across_objectives=True)
     else:
         logger.info("no checkpoint to resume from: training from scratch")
     return None

@@ -237,10 +237,12 @@ def test_simdinov2_weights_into_dinov2_load_the_backbones_only(tmp_path):
     torch.testing.assert_close(model.student["backbone"].pos_embed, simdino.student["backbone"].pos_embed)
     torch.testing.assert_close(model.teacher["backbone"].state_dict(), simdino.teacher["backbone"].state_dict())
     torch.testing.assert_close(model.dino_loss.center, center_before)
-    # resuming a run of one objective from the other's checkpoint is refused
+    # resuming (or --eval-only of) a run of one objective from the other's checkpoint is refused
     optimizer = build_optimizer(model.cfg, get_params_groups(model))
-    with pytest.raises(ResumeError, match="it is a SimDINOMetaArch checkpoint and this run trains SSLMetaArch"):
-        Checkpointer(output_dir=tmp_path, model=model, optimizer=optimizer, max_to_keep=1).load(saved)
+    checkpointer = Checkpointer(output_dir=tmp_path, model=model, optimizer=optimizer, max_to_keep=1)
+    for model_only in (False, True):
+        with pytest.raises(ResumeError, match="it is a SimDINOMetaArch checkpoint and this run trains SSLMetaArch"):
+            checkpointer.load(saved, model_only=model_only)
 
 
 def test_other_partial_loads_are_refused_naming_the_keys(genuine, tmp_path):
@@ -254,7 +256,9 @@ def test_other_partial_loads_are_refused_naming_the_keys(genuine, tmp_path):
     # other objective and another backbone (3 blocks): the backbones do not match either
     deeper = SimDINOMetaArch(simdino_cfg("student.depth=3"))
     with pytest.raises(ResumeError, match=r"backbone keys missing from the checkpoint: \[student\.backbone\.blocks\.2"):
-        Checkpointer(output_dir=tmp_path, model=deeper, optimizer=None, max_to_keep=1).load(checkpoint, model_only=True)
+        Checkpointer(output_dir=tmp_path, model=deeper, optimizer=None, max_to_keep=1).load(
+            checkpoint, model_only=True, backbone_across_objectives=True
+        )
 
 
 # ----------------------------------------------------------------------------------------------------------
