@@ -70,7 +70,7 @@ CONFIG_FILE = "config.yaml"
 _PERIODIC_NAME = re.compile(r"^model_(\d{7})$")
 # Student and teacher backbones; every other model key (heads, loss centres) belongs to the objective.
 _BACKBONE_PREFIXES = ("student.backbone.", "teacher.backbone.")
-# Everything a DCP `.metadata` pickle references (torch 2.4 - 2.9 FileSystemWriter), besides torch dtypes.
+# Everything a `.metadata` pickle of torch's FileSystemWriter references (read from torch 2.14's), besides dtypes.
 _METADATA_CLASSES = ("Metadata", "StorageMeta", "MetadataIndex", "TensorProperties", "TensorStorageMetadata",
                      "BytesStorageMetadata", "ChunkStorageMetadata", "_MEM_FORMAT_ENCODING")  # fmt: skip
 _METADATA_GLOBALS = {
@@ -310,9 +310,8 @@ class Checkpointer:
                 "meta_arch": type(self.model).__name__,
             }
             torch.save(trainer_state, os.path.join(tmp_dir, "trainer_state.pth"))
-            config = getattr(self.model, "cfg", None)
-            if isinstance(config, DictConfig):
-                _atomic_write_text(os.path.join(tmp_dir, CONFIG_FILE), OmegaConf.to_yaml(config))
+            config: DictConfig = self.model.cfg  # type: ignore[assignment]  # the meta-architecture's config
+            _atomic_write_text(os.path.join(tmp_dir, CONFIG_FILE), OmegaConf.to_yaml(config))
 
     def _publish(self, name: str, tmp_dir: str) -> None:
         if not distributed.is_main_process():
