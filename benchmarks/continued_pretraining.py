@@ -14,8 +14,9 @@ For each seed:
        short warm-up, heads warmed up with the backbone frozen for `--freeze-steps`, teacher momentum 0.99),
    (b) `dinov2`: the DINOv2 objective from the source file with fresh prototype heads, same settings,
    (c) `scratch`: SimDINOv2 from random initialisation with the demo recipe's own settings,
-   and, with `--arms dinov2_standard`, (d) the DINOv2 objective from the source file as in #204: the head
-   warm-up, then the from-scratch settings (full lr and warm-up, DINOv2's teacher momentum 0.992).
+   and, with `--arms dinov2_standard simdinov2_standard`, (d) the DINOv2 objective from the source file as in
+   #204: the head warm-up, then the from-scratch settings (full lr and warm-up, DINOv2's teacher momentum 0.992),
+   and (e) the SimDINOv2 objective the same way (the demo recipe's lr, warm-up and teacher momentum 0.9).
    `--source-dir` reuses the source files of an earlier run (same seeds) instead of pretraining again.
 
 Teacher k-NN (x_norm_clstoken of the un-augmented 32 px images, cosine, k = 20, T = 0.07, as
@@ -57,7 +58,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIMDINOV2_RECIPE = os.path.join(REPO, "configs", "tiny", "simdinov2_digits_demo.yaml")
 SOURCE_CLASSES = (0, 1, 2, 3, 4)
 TARGET_CLASSES = (5, 6, 7, 8, 9)
-ARMS = ("simdinov2", "dinov2", "scratch", "dinov2_standard")
+ARMS = ("simdinov2", "dinov2", "scratch", "dinov2_standard", "simdinov2_standard")
 # The DINOv2 objective on the same backbone: prototype heads (fresh), centering, KoLeo, DINOv2 teacher temperatures.
 DINOV2_OBJECTIVE = [
     "dino.use_mcr=false", "ibot.use_mcr=false", "dino.remove_last_layer=false", "ibot.remove_last_layer=false",
@@ -165,10 +166,12 @@ def arm_config(arm: str, *, steps: int, source_file: str, freeze_steps: int, bat
     common = [f"train.batch_size_per_gpu={batch}", "train.OFFICIAL_EPOCH_LENGTH=1", f"optim.epochs={steps}"]
     if arm == "scratch":  # the demo recipe as is, scaled to the budget (warm-up 10 % as in the recipe)
         return resolved(common + [f"optim.warmup_epochs={max(steps // 10, 1)}"])
-    if arm == "dinov2_standard":  # #204: heads warmed up on the frozen backbone, then the from-scratch recipe
+    if arm in ("dinov2_standard", "simdinov2_standard"):  # #204: head warm-up, then the from-scratch recipe
         standard = [f"student.pretrained_weights={source_file}", f"student.freeze_backbone_epochs={freeze_steps}",
-                    f"optim.warmup_epochs={max(steps // 10, 1)}", "teacher.momentum_teacher=0.992"]  # fmt: skip
-        return resolved(common + standard + DINOV2_OBJECTIVE)
+                    f"optim.warmup_epochs={max(steps // 10, 1)}"]  # fmt: skip
+        if arm == "simdinov2_standard":
+            return resolved(common + standard)
+        return resolved(common + standard + DINOV2_OBJECTIVE + ["teacher.momentum_teacher=0.992"])
     # configs/continue settings: a quarter of the from-scratch lr, a short warm-up after a head warm-up,
     # slow teacher (0.99 -> 1) so that the teacher keeps the released features while the student adapts.
     continued = [
@@ -217,6 +220,7 @@ def plot(results: dict, eval_steps: list[int], path: str) -> None:
         "dinov2": "(b) DINOv2 objective, continued (fresh prototypes)",
         "scratch": "(c) SimDINOv2 from scratch",
         "dinov2_standard": "(d) DINOv2 objective, continued with the from-scratch lr",
+        "simdinov2_standard": "(e) SimDINOv2, continued with the from-scratch lr",
     }
     figure, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
     for axis, domain in zip(axes, ("target", "source"), strict=True):
