@@ -234,6 +234,11 @@ class SSLMetaArch(nn.Module):
         if self.is_sharded:
             set_gradient_sync_(self.student, enabled)
 
+    def set_loss_parameters(self, *, ibot_loss_weight: float) -> None:
+        """This iteration's scheduled loss values (`dinov2.train.schedulers.Schedules.loss_parameters`)."""
+        if self.use_ibot:
+            self.loss_weights["ibot_loss"] = ibot_loss_weight
+
     # ------------------------------------------------------------------------------------------------------
     # The training step
     # ------------------------------------------------------------------------------------------------------

@@ -34,7 +34,8 @@ from dinov2.fsdp import build_meshes
 from dinov2.logging import MetricLogger, setup_logging
 from dinov2.run import preemption
 from dinov2.train.checkpointer import Checkpointer, ResumeError, TrainerState, export_teacher
-from dinov2.train.schedulers import CosineScheduler
+from dinov2.train.compile import compile_meta_arch
+from dinov2.train.schedulers import build_schedulers
 from dinov2.train.ssl_meta_arch import SSLMetaArch
 from dinov2.utils.config import load_config, scaled_lr
 from dinov2.utils.param_groups import fuse_params_groups, get_params_groups_with_decay
@@ -130,47 +131,6 @@ def get_params_groups(model: SSLMetaArch) -> list[dict[str, Any]]:
 def build_optimizer(cfg: DictConfig, params_groups: list[dict[str, Any]]) -> torch.optim.AdamW:
     """AdamW with the config's betas, PyTorch defaults otherwise; lr / wd are set every iteration."""
     return torch.optim.AdamW(params_groups, betas=(cfg.optim.adamw_beta1, cfg.optim.adamw_beta2), foreach=True)
-
-
-@dataclasses.dataclass(frozen=True)
-class Schedules:
-    lr: CosineScheduler
-    wd: CosineScheduler
-    momentum: CosineScheduler
-    teacher_temp: CosineScheduler
-    last_layer_lr: CosineScheduler
-
-
-def build_schedulers(cfg: DictConfig, *, lr: float, epoch_length: int) -> Schedules:
-    """The five per-iteration schedules of spec 6.4 (E = epoch_length iterations per epoch)."""
-    total = cfg.optim.epochs * epoch_length
-    lr_args = dict(
-        base_value=lr,
-        final_value=cfg.optim.min_lr,
-        total_iters=total,
-        warmup_iters=cfg.optim.warmup_epochs * epoch_length,
-        start_warmup_value=cfg.optim.warmup_start_lr,
-    )
-    teacher_warmup = cfg.teacher.warmup_teacher_temp_epochs * epoch_length
-    return Schedules(
-        lr=CosineScheduler(**lr_args),
-        wd=CosineScheduler(
-            base_value=cfg.optim.weight_decay, final_value=cfg.optim.weight_decay_end, total_iters=total
-        ),
-        momentum=CosineScheduler(
-            base_value=cfg.teacher.momentum_teacher,
-            final_value=cfg.teacher.final_momentum_teacher,
-            total_iters=total,
-        ),
-        teacher_temp=CosineScheduler(
-            base_value=cfg.teacher.teacher_temp,
-            final_value=cfg.teacher.teacher_temp,
-            total_iters=teacher_warmup,
-            warmup_iters=teacher_warmup,
-            start_warmup_value=cfg.teacher.warmup_teacher_temp,
-        ),
-        last_layer_lr=CosineScheduler(**lr_args, zero_first_iters=cfg.optim.freeze_last_layer_epochs * epoch_length),
-    )
 
 
 def apply_optim_scheduler(optimizer: torch.optim.Optimizer, *, lr: float, wd: float, last_layer_lr: float) -> None:
@@ -335,6 +295,8 @@ def do_train(cfg: DictConfig, model: SSLMetaArch, ctx: RunContext, *, dataset: A
         momentum, teacher_temp = schedules.momentum[iteration], schedules.teacher_temp[iteration]
         last_layer_lr = schedules.last_layer_lr[iteration]
         apply_optim_scheduler(optimizer, lr=lr, wd=wd, last_layer_lr=last_layer_lr)
+        clip_grad, loss_parameters = schedules.clip_grad[iteration], schedules.loss_parameters(iteration)
+        model.set_loss_parameters(**loss_parameters)
         is_log_step = iteration % log_period == 0 or iteration == ctx.max_iter - 1
 
         optimizer.zero_grad(set_to_none=True)
@@ -358,7 +320,7 @@ def do_train(cfg: DictConfig, model: SSLMetaArch, ctx: RunContext, *, dataset: A
                 f"non-finite loss at iteration {iteration}: {terms}; the step was not applied and the last "
                 f"checkpoint in {checkpointer.save_dir} is untouched"
             )
-        grad_norms = clip_and_step(model, optimizer, cfg.optim.clip_grad)
+        grad_norms = clip_and_step(model, optimizer, clip_grad)
         model.update_teacher(momentum)
 
         current_batch_size = micro_batches[0]["collated_global_crops"].shape[0] // 2 * n_micro
@@ -368,6 +330,8 @@ def do_train(cfg: DictConfig, model: SSLMetaArch, ctx: RunContext, *, dataset: A
             mom=momentum,
             last_layer_lr=last_layer_lr,
             teacher_temp=teacher_temp,
+            clip_grad=clip_grad,
+            **loss_parameters,
             current_batch_size=current_batch_size,
             **reduced,
             **grad_norms,
@@ -436,10 +400,13 @@ def build_run_context(cfg: DictConfig, dataset_length: int) -> RunContext:
 
 
 def build_model(cfg: DictConfig, device: torch.device, meta_arch_factory: MetaArchFactory) -> SSLMetaArch:
-    """Meta-architecture on `device`, rank 0's initial weights everywhere, sharded when distributed."""
+    """Meta-architecture on `device`, rank 0's initial weights everywhere, compiled (`compile`), sharded when
+    distributed."""
     model = meta_arch_factory(cfg)
     model.to(device)
     distributed.broadcast_module_states_(model)
+    if cfg.compile:
+        compile_meta_arch(model)  # before sharding: activation checkpointing (in the model) -> compile -> FSDP
     if distributed.is_enabled():
         model.prepare_for_distributed_training(build_meshes(device))
     model.build_grad_scaler(device)

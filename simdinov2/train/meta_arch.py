@@ -109,6 +109,12 @@ class SimDINOMetaArch(SSLMetaArch):
             weights["ibot_comp_loss"] = self.cfg.ibot.loss_weight
         return weights
 
+    def set_loss_parameters(self, *, ibot_loss_weight: float, mcr_eps: float, mcr_coeff: float) -> None:
+        """This iteration's iBOT weight and coding-rate eps / coeff (`dino.mcr.eps_end` / `coeff_end` schedules)."""
+        if self.use_ibot:
+            self.loss_weights["ibot_comp_loss"] = ibot_loss_weight
+        self.mcr_eps, self.mcr_coeff = mcr_eps, mcr_coeff
+
     # ------------------------------------------------------------------------------------------------------
     # The training step
     # ------------------------------------------------------------------------------------------------------
