@@ -49,7 +49,7 @@ def test_dropped_keys_are_stated_with_the_reason():
     result = run_tool("--upstream", "simdinov2", str(DATA / "upstream_simdinov2_vitl16.yaml"), "--epoch-length", "1251")
     for key, reason in [("train.actions", "arbitrary code"), ("train.saveckp_freq", "unused upstream"),
                         ("dino.mcr.expa_loss", "descriptive"), ("ibot.mcr.eps", "ignored"),
-                        ("optim.opt", "AdamW"), ("dino.head_n_prototypes", "no head has a prototype layer")]:  # fmt: skip
+                        ("optim.opt", "AdamW"), ("dino.head_n_prototypes", "prototype layer")]:  # fmt: skip
         lines = [line for line in result.stdout.splitlines() if line.startswith(f"# dropped {key}=")]
         assert len(lines) == 1 and reason in lines[0], key
         assert f"dropped {key}=" in result.stderr
