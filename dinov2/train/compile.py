@@ -33,8 +33,11 @@ GRAPHS_PER_BLOCK_UNIT = 2
 LOSS_GRAPHS = 4
 
 
-def compile_meta_arch(model: nn.Module) -> int:
+def compile_meta_arch(model: nn.Module, backend: str = "inductor") -> int:
     """Compile the backbone blocks and the losses of an `SSLMetaArch` in place (see the module docstring).
+
+    `backend` is torch.compile's (training uses inductor; benchmarks/gpu_check.py --tiny uses aot_eager to
+    exercise the same tracing on CPU without code generation).
 
     Returns the recompile limit set (`torch._dynamo.config.recompile_limit`), the bound on graphs per code
     object that `tests/dinov2/train/test_compile.py` checks against.
@@ -42,15 +45,15 @@ def compile_meta_arch(model: nn.Module) -> int:
     n_units = 0
     for modules in (model.student, model.teacher):
         for unit in modules["backbone"].blocks:
-            unit.compile(dynamic=False)
+            unit.compile(dynamic=False, backend=backend)
             n_units += 1
     for name in ("dino_loss", "koleo_loss"):
         loss = getattr(model, name, None)
         if loss is not None:
-            loss.compile()
+            loss.compile(backend=backend)
     patch_loss = getattr(model, "ibot_patch_loss", None)
     if patch_loss is not None:
-        patch_loss.forward_masked = torch.compile(patch_loss.forward_masked, dynamic=True)
+        patch_loss.forward_masked = torch.compile(patch_loss.forward_masked, dynamic=True, backend=backend)
     limit = max(torch._dynamo.config.recompile_limit, GRAPHS_PER_BLOCK_UNIT * n_units + LOSS_GRAPHS)
     torch._dynamo.config.recompile_limit = limit
     torch._dynamo.config.fail_on_recompile_limit_hit = True
