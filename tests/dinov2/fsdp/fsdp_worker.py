@@ -17,7 +17,9 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 from batches import make_batches, select_images  # noqa: E402
 
 from dinov2 import distributed  # noqa: E402
+from dinov2.fsdp import build_meshes  # noqa: E402
 from dinov2.train.checkpointer import Checkpointer, export_teacher  # noqa: E402
+from dinov2.train.compile import compile_meta_arch  # noqa: E402
 from dinov2.train.ssl_meta_arch import SSLMetaArch  # noqa: E402
 from dinov2.train.train import (  # noqa: E402
     apply_optim_scheduler,
@@ -41,13 +43,21 @@ def main() -> None:
     parser.add_argument("--global-batch", type=int, default=8)
     parser.add_argument("--accum", type=int, default=1)
     parser.add_argument("--checkpoint-dir", default=None, help="also save a training checkpoint there at the end")
+    parser.add_argument("--compile-backend", default=None, help="compile the model with this torch.compile backend")
     parser.add_argument("opts", nargs="*")
     args = parser.parse_args()
     torch.set_num_threads(1)
     environment = distributed.enable()
     cfg = load_config(CONFIG, args.opts)
     fix_random_seeds(0)
-    model = build_model(cfg, environment.device, SSLMetaArch)
+    if args.compile_backend is None:
+        model = build_model(cfg, environment.device, SSLMetaArch)
+    else:  # build_model's order (compile before sharding) with a backend that needs no code generation
+        model = SSLMetaArch(cfg).to(environment.device)
+        distributed.broadcast_module_states_(model)
+        compile_meta_arch(model, backend=args.compile_backend)
+        if distributed.is_enabled():
+            model.prepare_for_distributed_training(build_meshes(environment.device))
     model.train()
     optimizer = build_optimizer(cfg, get_params_groups(model))
     batches = make_batches(n_batches=args.steps, n_images=args.global_batch)
