@@ -57,7 +57,10 @@ def main() -> None:
     unit = "peak allocated GiB" if device.type == "cuda" else "peak RSS GiB (fresh process)"
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)"
     print(f"device: {device_name}, torch {torch.__version__}, threads {torch.get_num_threads()}")
-    print(f"config {args.config_file} {' '.join(common)}; {args.steps} alternated steps, {args.warmup} warm-up each")
+    print(
+        f"config {args.config_file} --precision {args.precision} {' '.join(args.opts)}; {args.steps} alternated steps, "
+        f"{args.warmup} warm-up each"
+    )
     for name in ("A", "B"):
         label = "baseline" if name == "A" else " ".join(args.variant)
         all_times = ", ".join(f"{t:.3f}" for t in times[name])
