@@ -1,4 +1,4 @@
-"""`compile: true` and `student.gradient_checkpointing` on the tiny SimDINOv2 model (CPU, inductor).
+"""`compile: true` and `student.gradient_checkpointing` on the tiny DINOv2 and SimDINOv2 models (CPU, inductor).
 
 Compiled + checkpointed vs eager: the same losses and gradients (fp32 tolerance) on batches with different
 masked-patch counts, and no new graph after the first step (both crop sizes every step).
@@ -6,6 +6,7 @@ masked-patch counts, and no new graph after the first step (both crop sizes ever
 
 import pathlib
 
+import pytest
 import torch
 from batches import make_batches
 from torch._dynamo.utils import counters
@@ -14,12 +15,12 @@ from dinov2.train.compile import compile_meta_arch
 from dinov2.utils.config import load_config
 from simdinov2.train.build import build_meta_arch
 
-TINY = pathlib.Path(__file__).parents[3] / "configs" / "tiny" / "simdinov2_test.yaml"
+CONFIGS = pathlib.Path(__file__).parents[3] / "configs" / "tiny"
 
 
-def build(*overrides: str):
+def build(recipe: str, *overrides: str):
     torch.manual_seed(0)
-    return build_meta_arch(load_config(TINY, list(overrides))).train()
+    return build_meta_arch(load_config(CONFIGS / recipe, list(overrides))).train()
 
 
 def step(model, batch) -> tuple[dict, dict]:
@@ -29,10 +30,12 @@ def step(model, batch) -> tuple[dict, dict]:
     return metrics, grads
 
 
-def test_compiled_checkpointed_step_equals_eager_and_stops_compiling():
+@pytest.mark.parametrize("recipe", ["simdinov2_test.yaml", "dinov2_test.yaml"])
+def test_compiled_checkpointed_step_equals_eager_and_stops_compiling(recipe):
     torch._dynamo.reset()
-    eager = build()
-    compiled = build("compile=true", "student.gradient_checkpointing=true")
+    counters.clear()
+    eager = build(recipe)
+    compiled = build(recipe, "compile=true", "student.gradient_checkpointing=true")
     compiled.load_state_dict(eager.state_dict())
     assert compiled.student["backbone"].gradient_checkpointing
     limit = compile_meta_arch(compiled)
