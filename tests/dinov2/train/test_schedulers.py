@@ -108,7 +108,7 @@ def test_ibot_weight_freezes_warms_up_then_decays():
     "opts, key",
     [
         (["dino.mcr.eps_end=0.1"], "dino.use_mcr=false"),
-        (["dino.use_mcr=true", "dino.mcr.eps_end=0"], "dino.mcr.eps_end"),
+        (["dino.use_mcr=true", "dino.mcr.eps_end=0"], "dino.mcr.eps_end"),  # the schema at load time
         (["optim.clip_grad=0", "optim.clip_grad_end=1.0"], "optim.clip_grad"),
         (["ibot.loss_weight=0", "ibot.loss_weight_warmup_epochs=1"], "ibot.loss_weight=0"),
         (["optim.epochs=10", "optim.warmup_epochs=5", "optim.peak_epochs=6"], "optim.peak_epochs"),
