@@ -40,7 +40,7 @@ def compile_meta_arch(model: nn.Module, backend: str = "inductor") -> int:
     exercise the same tracing on CPU without code generation).
 
     Returns the recompile limit set (`torch._dynamo.config.recompile_limit`), the bound on graphs per code
-    object that `tests/dinov2/train/test_compile.py` checks against.
+    object.
     """
     n_units = 0
     for modules in (model.student, model.teacher):
