@@ -21,7 +21,7 @@ import torch
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # a checkout runs without installing
 
 from dinov2.data import make_classification_eval_transform, make_classification_train_transform, make_dataset  # noqa: E402
-from dinov2.eval.cli import add_eval_args, setup_eval  # noqa: E402
+from dinov2.eval.cli import add_eval_args, check_eval_args, setup_eval  # noqa: E402
 from dinov2.eval.linear import (
     DEFAULT_LEARNING_RATES,
     DEFAULT_N_LAST_BLOCKS,
@@ -88,6 +88,14 @@ def _per_test(values: list[str] | None, n_tests: int, default: str | None, flag:
     return list(values)
 
 
+def check(args: argparse.Namespace) -> None:
+    """The flags, checked before evaluating or submitting (see `dinov2.eval.cli.check_eval_args`)."""
+    check_eval_args(args, extra_datasets=args.test_datasets)
+    n_tests = len(args.test_datasets)
+    _per_test(args.test_metric_types, n_tests, args.val_metric_type, "--test-metric-types")
+    _per_test(args.test_class_mapping_fpaths, n_tests, None, "--test-class-mapping-fpaths")
+
+
 def main(args: argparse.Namespace) -> dict:
     setup = setup_eval(args)
     train_transform = make_classification_train_transform(crop_size=args.crop_size)
@@ -141,6 +149,6 @@ def main(args: argparse.Namespace) -> dict:
 
 if __name__ == "__main__":
     args = get_args_parser().parse_args()
-    results = run_or_submit(main, args, name="dinov2:eval_linear", echo=print)
+    results = run_or_submit(main, args, name="dinov2:eval_linear", check=check, echo=print)
     if not args.submit:
         print(f"best classifier: {results['best_classifier']}")

@@ -30,6 +30,7 @@ from dinov2.data import (
     make_data_loader,
     make_dataset,
 )
+from dinov2.data.loaders import check_dataset_str
 from dinov2.fsdp import build_meshes
 from dinov2.logging import MetricLogger, setup_logging
 from dinov2.run import preemption
@@ -79,6 +80,19 @@ class RunContext:
     max_iter: int
 
 
+def check_args(args: argparse.Namespace) -> DictConfig:
+    """The merged config of `--config-file` and the overrides, checked without building or reading anything.
+
+    Raises ConfigError for an unknown key or an invalid `optim.scaling_rule`, ValueError / FileNotFoundError
+    for a bad `train.dataset_path`. `tools/train.py` runs it before training here or submitting to SLURM.
+    """
+    opts = [opt for opt in (args.opts or []) if opt != "--"]
+    cfg = load_config(args.config_file, [*opts, f"train.output_dir={os.path.abspath(args.output_dir)}"])
+    scaled_lr(cfg, world_size=1)
+    check_dataset_str(cfg.train.dataset_path)
+    return cfg
+
+
 def setup(args: argparse.Namespace) -> DictConfig:
     """Config (defaults <- file <- overrides <- output dir), process group, logging, seeds, scaled lr.
 
@@ -86,8 +100,7 @@ def setup(args: argparse.Namespace) -> DictConfig:
     read-only mode.
     """
     output_dir = os.path.abspath(args.output_dir)
-    opts = [opt for opt in (args.opts or []) if opt != "--"]
-    cfg = load_config(args.config_file, [*opts, f"train.output_dir={output_dir}"])
+    cfg = check_args(args)
     os.makedirs(output_dir, exist_ok=True)
     environment = distributed.get_environment() or distributed.enable()
     setup_logging(output_dir)
