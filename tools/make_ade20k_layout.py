@@ -55,7 +55,9 @@ def _pairs(images_dir: Path, labels_dir: Path) -> list[tuple[Path, Path]]:
     labels = {path.stem: path for path in labels_dir.iterdir() if path.suffix.lower() in IMAGE_SUFFIXES}
     missing = [path.name for path in images if path.stem not in labels]
     if missing:
-        raise FileNotFoundError(f"{len(missing)} images have no label map of the same stem in {labels_dir}: {missing[:3]}")
+        raise FileNotFoundError(
+            f"{len(missing)} images have no label map of the same stem in {labels_dir}: {missing[:3]}"
+        )
     return [(path, labels[path.stem]) for path in images]
 
 
@@ -96,7 +98,9 @@ def build(args: argparse.Namespace) -> dict[str, int]:
         with Image.open(image_path) as image:
             rgb = image.convert("RGB")
         if rgb.size != (labels.shape[1], labels.shape[0]):
-            raise ValueError(f"{image_path} is {rgb.size} (W, H) but its label map {label_path} is {labels.shape[::-1]}")
+            raise ValueError(
+                f"{image_path} is {rgb.size} (W, H) but its label map {label_path} is {labels.shape[::-1]}"
+            )
         for kind in ("images", "annotations"):
             (out / kind / split).mkdir(parents=True, exist_ok=True)
         rgb.save(out / "images" / split / f"{image_path.stem}{IMAGE_SUFFIX}", quality=95)
