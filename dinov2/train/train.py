@@ -56,7 +56,12 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         "starts from MODEL.WEIGHTS or from scratch",
     )
     parser.add_argument("--eval-only", action="store_true", help="load the checkpoint, export the teacher, exit")
-    parser.add_argument("--output-dir", "--output_dir", default=".", help="run directory (made absolute)")
+    parser.add_argument(
+        "--output-dir",
+        "--output_dir",
+        default=".",
+        help="run directory: config, logs, checkpoints, teacher exports (default: the current directory)",
+    )
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides, key=value")
     return parser
 
