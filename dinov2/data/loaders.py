@@ -1,4 +1,4 @@
-"""Dataset strings, `make_dataset` and `make_data_loader` (spec sections 5.3 and 5.6).
+"""Dataset strings, `make_dataset` and `make_data_loader` (as official DINOv2, see docs/data.md).
 
 A dataset string is `Name[:key=value]*`:
 * `ImageNet:split=TRAIN|VAL|TEST:root=DIR:extra=DIR` (metadata from tools/prepare_imagenet.py)

@@ -3,7 +3,7 @@
 `main(args, meta_arch_factory=SSLMetaArch)` runs one training job; `tools/train.py` is its CLI. The
 factory lets simdinov2 pass its own `build_meta_arch(cfg)` without dinov2 importing simdinov2.
 
-Loop, one paragraph per step (spec 6.5): apply schedules -> zero grad -> forward_backward over
+Loop, one paragraph per step (as official DINOv2's train loop): apply schedules -> zero grad -> forward_backward over
 `train.grad_accum_steps` micro-batches -> reduce and check the loss -> unscale, clip each student
 submodule, step -> teacher EMA -> log -> teacher export -> checkpoint.
 """
@@ -134,7 +134,7 @@ def setup(args: argparse.Namespace) -> DictConfig:
 # Optimizer and schedules
 # ----------------------------------------------------------------------------------------------------------
 def get_params_groups(model: SSLMetaArch) -> list[dict[str, Any]]:
-    """Fused parameter groups of every student submodule (spec 6.2)."""
+    """Fused parameter groups of every student submodule (official rules, see dinov2.utils.param_groups)."""
     groups: list[dict[str, Any]] = []
     for module in model.student.values():
         groups += get_params_groups_with_decay(
@@ -160,7 +160,7 @@ class Schedules:
 
 
 def build_schedulers(cfg: DictConfig, *, lr: float, epoch_length: int) -> Schedules:
-    """The five per-iteration schedules of spec 6.4 (E = epoch_length iterations per epoch)."""
+    """The five per-iteration schedules of official DINOv2 (E = epoch_length iterations per epoch)."""
     total = cfg.optim.epochs * epoch_length
     lr_args = dict(
         base_value=lr,
@@ -245,7 +245,7 @@ def bad_image_metrics(dataset: Any) -> dict[str, float]:
 def build_data_loader(cfg: DictConfig, dataset: Any, *, dtype: torch.dtype, start_iter: int) -> Iterable[Any]:
     """Endless loader of micro-batches; `start_iter` full steps of this rank's stream are skipped.
 
-    FIX (spec 12.1 #2): seeded with `train.seed` and advanced by the samples already consumed, so a
+    FIX of official DINOv2 (docs/data.md): seeded with `train.seed` and advanced by the samples already consumed, so a
     resumed run sees the data the uninterrupted run would have seen (official: seed = start_iter, no advance).
     """
     n_side = cfg.crops.global_crops_size // cfg.student.patch_size
@@ -295,7 +295,7 @@ def do_test(cfg: DictConfig, model: SSLMetaArch, name: str) -> str:
 
 
 def clip_and_step(model: SSLMetaArch, optimizer: torch.optim.Optimizer, clip_grad: float) -> dict[str, float]:
-    """Unscale (fp16), clip each student submodule separately (KEEP, spec 12.1 #5), optimizer step.
+    """Unscale (fp16), clip each student submodule separately (KEEP: as official DINOv2), optimizer step.
 
     Returns the gradient norm of every student submodule before clipping (`<key>_grad_norm`).
     """
