@@ -23,6 +23,7 @@ import pytest
 import submitit
 
 from dinov2.distributed import detect_environment
+from dinov2.utils.config import ConfigError
 
 REPO = pathlib.Path(__file__).resolve().parents[3]
 TINY = REPO / "configs" / "tiny" / "dinov2_test.yaml"
@@ -213,13 +214,23 @@ def test_usr2_checkpoints_requeues_and_resumes_without_repeating(reference_job, 
     assert (tmp_path / "checkpoints" / "last_checkpoint").read_text().strip() == "model_final"
 
 
-def test_wrong_config_fails_fast_with_the_error_in_the_log(tmp_path, jobs):
-    job = submit_training(tmp_path, jobs, "optim.lerning_rate=0.1")
+def test_wrong_config_is_refused_before_submitting(tmp_path, jobs):
+    """A misspelt key fails here, as a local run would, and nothing reaches the queue."""
+    with pytest.raises(ConfigError, match="lerning_rate"):
+        submit_training(tmp_path, jobs, "optim.lerning_rate=0.1")
+    assert jobs == [] and not list(tmp_path.glob("*_submission.sh"))
+
+
+def test_a_job_that_fails_on_the_cluster_fails_fast_with_the_error_in_the_log(tmp_path, jobs):
+    """An image folder that exists at submission (the check passes) but holds no image: the job fails at once."""
+    empty = tmp_path / "images"
+    empty.mkdir()
+    job = submit_training(tmp_path, jobs, f"train.dataset_path=ImageFolder:root={empty}")
     wait_until(job.done, "failure", job, timeout_s=240)
-    with pytest.raises(submitit.core.utils.FailedJobError, match="lerning_rate"):
+    with pytest.raises(submitit.core.utils.FailedJobError, match="contains no image files"):
         job.results()
     assert sacct_states(job) == ["FAILED"]  # (waits for the job's end: the log is complete then)
-    assert "ConfigError" in (job.task(0).stderr() or "") and "lerning_rate" in (job.task(0).stderr() or "")
+    assert "FileNotFoundError" in (job.task(0).stderr() or "") and str(empty) in (job.task(0).stderr() or "")
     assert not (tmp_path / "training_metrics.json").exists()
 
 
