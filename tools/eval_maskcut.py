@@ -157,7 +157,7 @@ def warn_if_slow(maskcut: MaskCut, *, device: torch.device, n_images: int) -> fl
     smaller = max(maskcut.patch_size, maskcut.fixed_size // 2 // maskcut.patch_size * maskcut.patch_size)
     speedup = (maskcut.fixed_size / smaller) ** 6
     logger.warning(
-        "--fixed-size %d at patch size %d gives %d patches: the eigen-solves take about %.0f s per image here "
+        "--fixed-size %d at patch size %d gives %d patches: the eigen-solves take up to about %.0f s per image here "
         "(%d masks x a dense %d x %d solve; ~%s for %d images). Lower --fixed-size to go faster, e.g. "
         "--fixed-size %d (%d patches, ~%.0fx faster); the cost grows with the cube of the patch count.",
         maskcut.fixed_size,

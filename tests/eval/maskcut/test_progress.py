@@ -67,7 +67,7 @@ def test_a_large_patch_grid_warns_up_front_with_an_estimate_and_the_flag(tiny_vi
     estimate = eval_maskcut.warn_if_slow(large, device=torch.device("cpu"), n_images=4)
     assert estimate is not None and estimate > 0
     (warning,) = [record.getMessage() for record in caplog.records]
-    assert warning.startswith("--fixed-size 528 at patch size 16 gives 1089 patches: the eigen-solves take about")
+    assert warning.startswith("--fixed-size 528 at patch size 16 gives 1089 patches: the eigen-solves take up to about")
     assert f"{estimate:.0f} s per image here" in warning
     assert "Lower --fixed-size to go faster, e.g. --fixed-size 256 (256 patches, ~77x faster)" in warning
 
