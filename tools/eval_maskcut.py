@@ -24,6 +24,7 @@ from typing import Any, Sequence, get_args
 import torch
 from PIL import Image
 
+from dinov2.data.decoding import decode_image
 from dinov2.eval.setup import add_backbone_args, backbone_from_args, check_backbone_args
 from dinov2.logging import setup_logging
 from dinov2.run.submit import add_submit_args, run_or_submit
@@ -78,8 +79,7 @@ def _open_image(images_dir: pathlib.Path, record: dict[str, Any]) -> Image.Image
     path = images_dir / record["file_name"]
     if not path.is_file():
         raise FileNotFoundError(f"image {path} (id {record['id']}) listed in --annotations is missing from --images")
-    with Image.open(path) as opened:
-        image = opened.convert("RGB")
+    image = decode_image(path)
     expected = (record.get("width"), record.get("height"))
     if None not in expected and image.size != expected:
         raise ValueError(

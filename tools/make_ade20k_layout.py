@@ -26,6 +26,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # a checkout runs without installing
 
+from dinov2.data.decoding import decode_image  # noqa: E402
 from eval.segmentation.layout import IMAGE_SUFFIX, LABEL_SUFFIX, NUM_CLASSES, check_ade20k_layout  # noqa: E402
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
@@ -95,8 +96,7 @@ def build(args: argparse.Namespace) -> dict[str, int]:
     for index, (image_path, label_path) in enumerate(pairs):
         split = "validation" if index in validation else "training"
         labels = ade20k_labels(label_path, zero_based=args.zero_based)
-        with Image.open(image_path) as image:
-            rgb = image.convert("RGB")
+        rgb = decode_image(image_path)
         if rgb.size != (labels.shape[1], labels.shape[0]):
             raise ValueError(
                 f"{image_path} is {rgb.size} (W, H) but its label map {label_path} is {labels.shape[::-1]}"

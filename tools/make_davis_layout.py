@@ -32,6 +32,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # a checkout runs without installing
 
+from dinov2.data.decoding import decode_image  # noqa: E402
 from eval.davis.layout import VOID_LABEL, write_label_map  # noqa: E402
 
 FRAME_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
@@ -65,8 +66,7 @@ def read_frames(*, frames_dir: str | None, video: str | None) -> Iterator[tuple[
         if not paths:
             raise FileNotFoundError(f"no frame images ({', '.join(FRAME_SUFFIXES)}) in --frames {folder}")
         for path in paths:
-            with Image.open(path) as image:
-                yield path.stem, image.convert("RGB")
+            yield path.stem, decode_image(path)
         return
     assert video is not None
     if not Path(video).is_file():

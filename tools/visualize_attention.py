@@ -21,6 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from dinov2.data.decoding import decode_image, to_rgb  # noqa: E402
 from dinov2.eval.attention_maps import (  # noqa: E402
     attention_overlays,
     save_attention_figure,
@@ -37,10 +38,10 @@ SKIMAGE_PHOTOS = ("astronaut", "chelsea", "coffee")
 def load_images(paths: list[str]) -> list[tuple[str, Image.Image]]:
     """`(name, RGB image)` of each file, or of scikit-image's bundled photos when `paths` is empty."""
     if paths:
-        return [(Path(path).stem, Image.open(path).convert("RGB")) for path in paths]
+        return [(Path(path).stem, decode_image(path)) for path in paths]
     from skimage import data
 
-    return [(name, Image.fromarray(getattr(data, name)()).convert("RGB")) for name in SKIMAGE_PHOTOS]
+    return [(name, to_rgb(Image.fromarray(getattr(data, name)()))) for name in SKIMAGE_PHOTOS]
 
 
 def default_title(weights: str | None, config_file: str | None = None) -> str:

@@ -237,7 +237,8 @@ def make_data_loader(
         persistent_workers: keep workers between iterations; None means "when num_workers > 0".
         rank, world_size: shard of this process; default from the process group (0 and 1 without one).
     Memory is pinned only when CUDA is available. Each worker process tunes the allocator with
-    `tune_allocator_for_data_workers`.
+    `tune_allocator_for_data_workers`. A dataset's `bad_images` record (file-backed datasets) is created here,
+    before the workers start, so that they share it.
     """
     if isinstance(sampler_type, str):
         allowed = [member.value for member in SamplerType]
@@ -250,6 +251,8 @@ def make_data_loader(
         persistent_workers = num_workers > 0
     if persistent_workers and num_workers == 0:
         raise ValueError("persistent_workers=True needs num_workers > 0")
+    # Created now, before worker processes start, so that the workers share one record (fork and spawn alike).
+    getattr(dataset, "bad_images", None)
     sampler = _make_sampler(
         dataset=dataset,
         sampler_type=sampler_type,

@@ -34,7 +34,7 @@ from dinov2.data.loaders import check_dataset_str
 from dinov2.fsdp import build_meshes
 from dinov2.logging import MetricLogger, setup_logging
 from dinov2.run import preemption
-from dinov2.train.checkpointer import Checkpointer, ResumeError, TrainerState, export_teacher
+from dinov2.train.checkpointer import CONFIG_FILE, Checkpointer, ResumeError, TrainerState, export_teacher
 from dinov2.train.schedulers import CosineScheduler
 from dinov2.train.ssl_meta_arch import SSLMetaArch
 from dinov2.utils.config import load_config, scaled_lr
@@ -231,15 +231,16 @@ def _no_target(_: Any) -> tuple[()]:
 
 
 def bad_image_metrics(dataset: Any) -> dict[str, float]:
-    """Undecodable-image counts of file-backed datasets (`dataset.bad_images`, dinov2/data/datasets/extended.py).
+    """Undecodable files of file-backed datasets (`dataset.bad_images`, dinov2/data/datasets/extended.py):
+    distinct files that failed, and their fraction of the distinct files read, on this rank.
 
     In-memory datasets (Digits) have no counter and report nothing.
     """
     counter = getattr(dataset, "bad_images", None)
     if counter is None:
         return {}
-    n_attempted, n_failed = counter.totals()
-    return {"bad_images": float(n_failed), "bad_image_fraction": n_failed / max(n_attempted, 1)}
+    n_read, n_failed = counter.totals()
+    return {"bad_images": float(n_failed), "bad_image_fraction": n_failed / max(n_read, 1)}
 
 
 def build_data_loader(cfg: DictConfig, dataset: Any, *, dtype: torch.dtype, start_iter: int) -> Iterable[Any]:
@@ -425,14 +426,76 @@ def restore(
         assert trainer_state is not None, "a full load returns the trainer state"
         if model.grad_scaler is not None and trainer_state.grad_scaler is not None:
             model.grad_scaler.load_state_dict(trainer_state.grad_scaler)
+        log_config_changes(cfg, latest, trainer_state)
         return latest, trainer_state
     if cfg.MODEL.WEIGHTS:
         if not os.path.isdir(cfg.MODEL.WEIGHTS):
             raise ResumeError(f"MODEL.WEIGHTS={cfg.MODEL.WEIGHTS!r} is not a checkpoint directory; fix MODEL.WEIGHTS")
-        checkpointer.load(cfg.MODEL.WEIGHTS, model_only=True)
+        checkpointer.load(cfg.MODEL.WEIGHTS, model_only=True, backbone_across_objectives=True)
     else:
         logger.info("no checkpoint to resume from: training from scratch")
     return None
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, dict) and tree:
+        return {key: value for name, sub in tree.items() for key, value in _flatten(sub, f"{prefix}{name}.").items()}
+    return {prefix.removesuffix("."): tree}
+
+
+def config_changes(previous: DictConfig, current: DictConfig) -> dict[str, tuple[Any, Any]]:
+    """`{dotted key: (previous value, current value)}` for every leaf that differs (missing: `<absent>`)."""
+    old = _flatten(OmegaConf.to_container(previous, resolve=True))
+    new = _flatten(OmegaConf.to_container(current, resolve=True))
+    return {
+        key: (old.get(key, "<absent>"), new.get(key, "<absent>"))
+        for key in sorted(old.keys() | new.keys())
+        if old.get(key, "<absent>") != new.get(key, "<absent>")
+    }
+
+
+def _global_batch(cfg: DictConfig, world_size: int) -> str:
+    batch = cfg.train.batch_size_per_gpu * world_size * cfg.train.grad_accum_steps
+    return (
+        f"{batch} ({cfg.train.batch_size_per_gpu} per process x {world_size} processes x {cfg.train.grad_accum_steps})"
+    )
+
+
+def log_config_changes(cfg: DictConfig, checkpoint: str, trainer_state: TrainerState) -> None:
+    """Warn, before the first resumed step, about every config value that differs from the checkpointed run's
+    (the `config.yaml` saved in `checkpoint`), and spell out a change of the scaled learning rate."""
+    path = os.path.join(checkpoint, CONFIG_FILE)
+    if not os.path.isfile(path):
+        logger.warning(
+            "%s has no %s (an older checkpoint): changes of the config cannot be listed", checkpoint, CONFIG_FILE
+        )
+        return
+    previous = OmegaConf.load(path)
+    assert isinstance(previous, DictConfig), f"{path} holds a list, not a config"
+    changes = config_changes(previous, cfg)
+    if not changes:
+        logger.info("resuming with the config of %s unchanged", checkpoint)
+        return
+    logger.warning(
+        "resuming with %d config values that differ from the run that wrote %s (%s now holds the new values):\n%s",
+        len(changes),
+        checkpoint,
+        os.path.join(cfg.train.output_dir, "config.yaml"),
+        "\n".join(f"  {key}: {old!r} -> {new!r}" for key, (old, new) in changes.items()),
+    )
+    if "optim.lr" in changes:
+        logger.warning(
+            "the learning rate changes on resume: optim.lr %.6g -> %.6g (optim.base_lr %g -> %g, global batch %s -> "
+            "%s, "
+            "optim.scaling_rule %s); the lr schedule continues with the new value",
+            previous.optim.lr,
+            cfg.optim.lr,
+            previous.optim.base_lr,
+            cfg.optim.base_lr,
+            _global_batch(previous, trainer_state.world_size),
+            _global_batch(cfg, distributed.get_global_size()),
+            cfg.optim.scaling_rule,
+        )
 
 
 def build_run_context(cfg: DictConfig, dataset_length: int) -> RunContext:

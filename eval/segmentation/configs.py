@@ -132,7 +132,7 @@ def ade20k_config(
     n_maps = len(out_indices)
 
     train_pipeline = [
-        dict(type="LoadImageFromFile"),
+        dict(type="LoadRGBImageFromFile"),
         dict(type="LoadAnnotations"),
         dict(
             type="RandomResize",
@@ -146,7 +146,7 @@ def ade20k_config(
         dict(type="PackSegInputs"),
     ]
     test_pipeline = [
-        dict(type="LoadImageFromFile"),
+        dict(type="LoadRGBImageFromFile"),
         dict(type="Resize", scale=(UNBOUNDED_LONG_SIDE, crop), keep_ratio=True),
         dict(type="LoadAnnotations"),
         dict(type="PackSegInputs"),
@@ -229,7 +229,7 @@ def ade20k_config(
             for ratio in MS_TEST_RATIOS
         ]
         tta_pipeline = [
-            dict(type="LoadImageFromFile"),
+            dict(type="LoadRGBImageFromFile"),
             dict(
                 type="TestTimeAug",
                 transforms=[

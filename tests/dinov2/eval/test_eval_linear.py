@@ -186,6 +186,11 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(tiny_vit, tmp_path) -
     # (the official advance of 4 samples instead of 4 * 16, or no advance, would replay other batches here)
     torch.testing.assert_close(final_b["optimizer"]["state"][0]["momentum_buffer"],
                                final_a["optimizer"]["state"][0]["momentum_buffer"], rtol=1e-5, atol=1e-6)  # fmt: skip
+    # a rerun of the finished run evaluates again and replaces the final line: the files read as one run
+    eval_linear(tiny_vit, ColourBlocks(8, seed=0), val, settings=settings, output_dir=str(tmp_path / "b"), device=CPU)
+    results = {name: (tmp_path / name / "results_eval_linear.json").read_text().splitlines() for name in ("a", "b")}
+    assert [json.loads(line)["iter"] for line in results["b"]] == [json.loads(line)["iter"] for line in results["a"]]
+    assert len(results["b"]) == 1
 
 
 def test_tool_on_digits_trains_saves_and_resumes(tiny_run, tool_process, tmp_path) -> None:
@@ -205,7 +210,7 @@ def test_tool_on_digits_trains_saves_and_resumes(tiny_run, tool_process, tmp_pat
     again = eval_linear_tool.main(eval_linear_tool.get_args_parser().parse_args(argv))
     assert again["val"] == results["val"]
     lines = [json.loads(line) for line in (tmp_path / "results_eval_linear.json").read_text().splitlines()]
-    assert [line["iter"] for line in lines] == [3, 6, 6]  # only the final evaluation was repeated
+    assert [line["iter"] for line in lines] == [3, 6]  # the repeated final evaluation replaced its line
 
 
 def test_more_blocks_than_the_backbone_has_is_refused(tiny_vit, tmp_path) -> None:
