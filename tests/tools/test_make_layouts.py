@@ -1,6 +1,8 @@
 """tools/make_davis_layout.py and tools/make_ade20k_layout.py: their folders are accepted by the evaluators'
-readers, and the smoke examples of docs/davis.md and docs/segmentation.md run as written (no download)."""
+readers, and the smoke examples of docs/davis.md, docs/segmentation.md and docs/maskcut.md run as written (no
+download)."""
 
+import json
 import pathlib
 import re
 import subprocess
@@ -51,6 +53,13 @@ def test_davis_smoke_example_of_the_docs_runs(tmp_path):
     csv = (tmp_path / "out" / "global_results-val.csv").read_text().splitlines()
     assert csv[0].startswith("J&F-Mean") and len(csv) == 2
     assert len(list((tmp_path / "out" / "square").glob("*.png"))) == 8
+
+
+def test_maskcut_smoke_example_of_the_docs_runs(tmp_path):
+    result = run_bash(smoke_script("maskcut.md", tmp_path))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert sorted(path.name for path in (tmp_path / "out" / "vis").iterdir()) == ["1.png", "2.png", "3.png"]
+    assert {result["image_id"] for result in json.loads((tmp_path / "out" / "results.json").read_text())} == {1, 2, 3}
 
 
 def test_davis_from_frames_and_masks_is_read_and_scored(tmp_path):
