@@ -3,7 +3,7 @@
 `main(args, meta_arch_factory=SSLMetaArch)` runs one training job; `tools/train.py` is its CLI. The
 factory lets simdinov2 pass its own `build_meta_arch(cfg)` without dinov2 importing simdinov2.
 
-Loop, one paragraph per step (spec 6.5): apply schedules -> zero grad -> forward_backward over
+Loop, one paragraph per step (as official DINOv2's train loop): apply schedules -> zero grad -> forward_backward over
 `train.grad_accum_steps` micro-batches -> reduce and check the loss -> unscale, clip each student
 submodule, step -> teacher EMA -> log -> teacher export -> checkpoint.
 """
@@ -30,6 +30,7 @@ from dinov2.data import (
     make_data_loader,
     make_dataset,
 )
+from dinov2.data.loaders import check_dataset_str
 from dinov2.fsdp import build_meshes
 from dinov2.logging import MetricLogger, setup_logging
 from dinov2.run import preemption
@@ -56,7 +57,12 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         "starts from MODEL.WEIGHTS or from scratch",
     )
     parser.add_argument("--eval-only", action="store_true", help="load the checkpoint, export the teacher, exit")
-    parser.add_argument("--output-dir", "--output_dir", default=".", help="run directory (made absolute)")
+    parser.add_argument(
+        "--output-dir",
+        "--output_dir",
+        default=".",
+        help="run directory: config, logs, checkpoints, teacher exports (default: the current directory)",
+    )
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides, key=value")
     return parser
 
@@ -80,6 +86,19 @@ class RunContext:
     max_iter: int
 
 
+def check_args(args: argparse.Namespace) -> DictConfig:
+    """The merged config of `--config-file` and the overrides, checked without building or reading anything.
+
+    Raises ConfigError for an unknown key or an invalid `optim.scaling_rule`, ValueError / FileNotFoundError
+    for a bad `train.dataset_path`. `tools/train.py` runs it before training here or submitting to SLURM.
+    """
+    opts = [opt for opt in (args.opts or []) if opt != "--"]
+    cfg = load_config(args.config_file, [*opts, f"train.output_dir={os.path.abspath(args.output_dir)}"])
+    scaled_lr(cfg, world_size=1)
+    check_dataset_str(cfg.train.dataset_path)
+    return cfg
+
+
 def setup(args: argparse.Namespace) -> DictConfig:
     """Config (defaults <- file <- overrides <- output dir), process group, logging, seeds, scaled lr.
 
@@ -87,8 +106,7 @@ def setup(args: argparse.Namespace) -> DictConfig:
     read-only mode.
     """
     output_dir = os.path.abspath(args.output_dir)
-    opts = [opt for opt in (args.opts or []) if opt != "--"]
-    cfg = load_config(args.config_file, [*opts, f"train.output_dir={output_dir}"])
+    cfg = check_args(args)
     os.makedirs(output_dir, exist_ok=True)
     environment = distributed.get_environment() or distributed.enable()
     setup_logging(output_dir)
@@ -117,7 +135,7 @@ def setup(args: argparse.Namespace) -> DictConfig:
 # Optimizer and schedules
 # ----------------------------------------------------------------------------------------------------------
 def get_params_groups(model: SSLMetaArch) -> list[dict[str, Any]]:
-    """Fused parameter groups of every student submodule (spec 6.2)."""
+    """Fused parameter groups of every student submodule (official rules, see dinov2.utils.param_groups)."""
     groups: list[dict[str, Any]] = []
     for module in model.student.values():
         groups += get_params_groups_with_decay(
@@ -188,7 +206,7 @@ def bad_image_metrics(dataset: Any) -> dict[str, float]:
 def build_data_loader(cfg: DictConfig, dataset: Any, *, dtype: torch.dtype, start_iter: int) -> Iterable[Any]:
     """Endless loader of micro-batches; `start_iter` full steps of this rank's stream are skipped.
 
-    FIX (spec 12.1 #2): seeded with `train.seed` and advanced by the samples already consumed, so a
+    FIX of official DINOv2 (docs/data.md): seeded with `train.seed` and advanced by the samples already consumed, so a
     resumed run sees the data the uninterrupted run would have seen (official: seed = start_iter, no advance).
     """
     n_side = cfg.crops.global_crops_size // cfg.student.patch_size
@@ -238,7 +256,7 @@ def do_test(cfg: DictConfig, model: SSLMetaArch, name: str) -> str:
 
 
 def clip_and_step(model: SSLMetaArch, optimizer: torch.optim.Optimizer, clip_grad: float) -> dict[str, float]:
-    """Unscale (fp16), clip each student submodule separately (KEEP, spec 12.1 #5), optimizer step.
+    """Unscale (fp16), clip each student submodule separately (KEEP: as official DINOv2), optimizer step.
 
     Returns the gradient norm of every student submodule before clipping (`<key>_grad_norm`).
     """
