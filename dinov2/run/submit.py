@@ -140,6 +140,9 @@ class SubmittedTask:
         try:
             return self.entry(self.args)
         except preemption.TrainingPreempted as stop:
+            if stop.signum != warning_signal:  # SIGTERM / SIGINT (scancel, a user): saved, not requeued
+                logger.warning("%s; job %s is not requeued", stop, env.job_id)
+                return None
             if env.global_rank != 0:
                 logger.warning("%s; task 0 requeues job %s", stop, env.job_id)
                 return None
