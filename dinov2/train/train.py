@@ -14,7 +14,6 @@ import argparse
 import dataclasses
 import functools
 import logging
-import math
 import os
 import random
 import signal
@@ -280,9 +279,7 @@ def do_test(cfg: DictConfig, model: SSLMetaArch, name: str) -> str:
     return path
 
 
-def clip_and_step(
-    model: SSLMetaArch, optimizer: torch.optim.Optimizer, clip_grad: float
-) -> dict[str, torch.Tensor]:
+def clip_and_step(model: SSLMetaArch, optimizer: torch.optim.Optimizer, clip_grad: float) -> dict[str, torch.Tensor]:
     """Unscale (fp16), clip each student submodule separately (KEEP, spec 12.1 #5), optimizer step.
 
     Returns the gradient norm of every student submodule before clipping (`<key>_grad_norm`), as scalar
