@@ -82,6 +82,15 @@ class RunContext:
     max_iter: int
 
 
+def allow_tf32_matmuls() -> None:
+    """fp32 matmuls on CUDA run on TF32 tensor cores, as in official DINOv2 (set at import there).
+
+    Training and the step benchmark call this one function, so that they measure the same arithmetic.
+    """
+    torch.backends.cuda.matmul.allow_tf32 = True
+    logger.info("TF32 matmuls allowed")
+
+
 def setup(args: argparse.Namespace) -> DictConfig:
     """Config (defaults <- file <- overrides <- output dir), process group, logging, seeds, scaled lr.
 
@@ -96,8 +105,7 @@ def setup(args: argparse.Namespace) -> DictConfig:
     setup_logging(output_dir)
     logger.info("launch: %s", environment)
     logger.info("arguments: %s", vars(args))
-    torch.backends.cuda.matmul.allow_tf32 = True  # official DINOv2 (set at import there); fp32 matmuls on CUDA only
-    logger.info("TF32 matmuls allowed")
+    allow_tf32_matmuls()
     cfg.optim.lr = scaled_lr(cfg, environment.world_size)
     logger.info(
         "optim.lr = %.6g (optim.base_lr %g, rule %s, global batch %d x %d x %d)",
