@@ -12,7 +12,8 @@ TF32 is set by the training's own `allow_tf32_matmuls`. MFU divides by the dense
 model at the precision the matmuls run in (benchmarks/peak_flops.py: bf16 / fp16, or TF32 for fp32); an
 unknown GPU prints MFU as unknown, and `--peak-tflops` sets the peak. Batches are synthetic (random crops,
 real iBOT masks from the collate function) so that only the step is timed. CUDA memory is the peak
-allocated during the measured steps of each config (reset in between); CPU memory is the peak resident set size of a fresh child process that runs that config alone.
+allocated during the measured steps of each config (reset in between); CPU memory is the peak resident
+set size of a fresh child process that runs that config alone.
 `META_ARCH_FACTORY` builds the meta-architecture that the config selects (simdinov2's `build_meta_arch`).
 """
 
