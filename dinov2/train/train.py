@@ -325,10 +325,9 @@ def non_finite_error(report: StepReport, iteration: int, last_checkpoint: str | 
     if first is None or first.iteration != iteration:
         current = ", ".join(f"{name}={value:.6g}" for name, value in sorted(report.metrics.items()))
         found += f" (found at iteration {iteration}: {current})"
-    kept = f"the last checkpoint, {last_checkpoint}," if last_checkpoint else "no checkpoint"
+    kept = f"the last checkpoint, {last_checkpoint}, is untouched" if last_checkpoint else "there is no checkpoint"
     return NonFiniteLossError(
-        f"{found}; nothing was saved after it: {kept} is untouched (lower optim.base_lr / raise optim.clip_grad, "
-        "or resume from it)"
+        f"{found}; nothing was saved after it and {kept} (lower optim.base_lr or raise optim.clip_grad)"
     )
 
 

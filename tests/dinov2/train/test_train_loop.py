@@ -192,3 +192,31 @@ def test_bad_image_counter_is_logged(tmp_path):
     assert records[-1]["iteration"] == 1
     assert records[-1]["last"]["bad_images"] == 1.0
     assert records[-1]["last"]["bad_image_fraction"] == pytest.approx(1 / 9)
+
+
+SIMDINOV2_TINY = ROOT / "configs" / "tiny" / "simdinov2_test.yaml"
+
+
+@pytest.mark.parametrize(
+    ("config", "log_period", "found_at"),
+    [(SIMDINOV2_TINY, 1, None), (TINY, 5, 3), (SIMDINOV2_TINY, 5, 3)],
+    ids=["simdinov2-log-every-step", "dinov2-log-every-5", "simdinov2-log-every-5"],
+)
+def test_diverging_run_ends_in_non_finite_error_naming_iteration_and_terms(config, log_period, found_at, tmp_path):
+    from simdinov2.train.build import build_meta_arch
+
+    # base_lr 1e6 (the fault probe): the first non-finite step is iteration 2 for both objectives. With a log
+    # period of 5 the loop reads the device at iterations 0, 1 and 3 (checkpoints every 2): found at 3, before
+    # model_0000003 is written.
+    argv = ["--config-file", str(config), "--output-dir", str(tmp_path), "optim.base_lr=1e6", "optim.epochs=6",
+            "checkpointing.period_iterations=2", f"train.log_period_iterations={log_period}"]  # fmt: skip
+    with pytest.raises(NonFiniteLossError) as error:
+        main(get_args_parser().parse_args(argv), meta_arch_factory=build_meta_arch)
+    message = str(error.value)
+    assert re.search(r"non-finite loss at iteration 2: .*total_loss=nan", message), message
+    loss_term = "dino_mcr_loss" if config == SIMDINOV2_TINY else "dino_global_crops_loss"
+    assert f"{loss_term}=nan" in message
+    assert (f"found at iteration {found_at}" in message) == (found_at is not None), message
+    assert (tmp_path / "checkpoints" / "last_checkpoint").read_text() == "model_0000001"
+    assert "model_0000001, is untouched" in message
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["last_checkpoint", "model_0000001"]
