@@ -16,7 +16,6 @@ happens right after a read.
 """
 
 import dataclasses
-import math
 
 import torch
 from torch import Tensor
@@ -99,7 +98,7 @@ class StepMonitor:
         n_metrics, n_flags = len(names), len(stop_flags)
         reduced = dict(zip(names, values[:n_metrics], strict=True))
         stop_signal = preemption.agreed_stop(values[n_metrics : n_metrics + n_flags])
-        any_rank_non_finite = values[n_metrics + n_flags] > 0 or any(not math.isfinite(v) for v in reduced.values())
+        any_rank_non_finite = values[n_metrics + n_flags] > 0
         first_iteration = int(values[n_metrics + n_flags + 1])
         first = None
         if first_iteration >= 0 and self._checked_names is not None:
