@@ -438,9 +438,10 @@ class SSLMetaArch(nn.Module):
             reshard_(self.teacher)
         student = self.student_forward(batch)
         terms, diagnostics = self.compute_losses(student=student, teacher=teacher, batch=batch)
-        teacher_cls = teacher["teacher_cls"]
-        # Autograd keeps what backward needs; the named logits and targets themselves are not among it (the
-        # student logits are [(2 + L) B + M, K] fp32): drop them before backward so they are freed.
+        teacher_cls = teacher["teacher_cls"] if compute_feature_stats else None
+        # Autograd keeps what backward needs (log-softmax outputs, the targets the cross-entropy multiplies);
+        # the student logits themselves, [(2 + L) B + M, K] fp32, are not among it: drop the dicts before
+        # backward so that the logits are freed instead of living through it.
         del student, teacher
         assert set(terms) == set(self.loss_weights), (
             f"loss terms {sorted(terms)} != weights {sorted(self.loss_weights)}"
@@ -453,7 +454,7 @@ class SSLMetaArch(nn.Module):
         metrics = {name: term.detach() for name, term in terms.items()}
         metrics.update({name: value.detach() for name, value in diagnostics.items()})
         metrics["total_loss"] = total_loss.detach()
-        if compute_feature_stats:
+        if teacher_cls is not None:
             metrics["teacher_cls_effective_rank"] = effective_rank(teacher_cls.flatten(0, 1))
         return total_loss.detach(), metrics
 
