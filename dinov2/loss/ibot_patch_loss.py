@@ -104,7 +104,7 @@ class iBOTPatchLoss(nn.Module):  # the official class name
         their logits.
         """
         self.apply_center_update()
-        self._pending.start(row_sum / max(n_rows, 1), n_groups=1)
+        self._pending.start(row_sum / n_rows, n_groups=1)
 
     @torch.no_grad()
     def sinkhorn_knopp_teacher(
