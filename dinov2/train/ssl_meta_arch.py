@@ -29,7 +29,6 @@ from omegaconf import DictConfig
 from torch import Tensor, nn
 from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
 
-from dinov2 import distributed
 from dinov2.fsdp import (
     Meshes,
     autocast_context,
@@ -473,10 +472,3 @@ class SSLMetaArch(nn.Module):
             student_params = [local_tensor(p) for p in self.student[key].parameters()]
             torch._foreach_mul_(teacher_params, momentum)
             torch._foreach_add_(teacher_params, student_params, alpha=1 - momentum)
-
-    def all_reduce_metrics(self, metrics: Tensors) -> dict[str, float]:
-        """Mean over ranks of every metric, as python floats (one collective)."""
-        names = sorted(metrics)
-        stacked = torch.stack([metrics[name].float().reshape(()) for name in names])
-        distributed.all_reduce_mean_(stacked)
-        return dict(zip(names, stacked.tolist(), strict=True))
