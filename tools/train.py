@@ -19,16 +19,24 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import argparse  # noqa: E402
+
 from dinov2.run.preemption import TrainingPreempted  # noqa: E402
 from dinov2.run.submit import add_submit_args, run_or_submit  # noqa: E402
-from dinov2.train.train import get_args_parser, main  # noqa: E402
-from simdinov2.train.build import build_meta_arch  # noqa: E402
+from dinov2.train.train import check_args, get_args_parser, main  # noqa: E402
+from simdinov2.train.build import build_meta_arch, select_meta_arch  # noqa: E402
+
+
+def check(args: argparse.Namespace) -> None:
+    """The config (keys, scaling rule, dataset string, objective selector), checked before training or submitting."""
+    select_meta_arch(check_args(args))
+
 
 if __name__ == "__main__":
     args = add_submit_args(get_args_parser()).parse_args()
     train = functools.partial(main, meta_arch_factory=build_meta_arch)
     try:
-        run_or_submit(train, args, name="dinov2:train", echo=print)
+        run_or_submit(train, args, name="dinov2:train", check=check, echo=print)
     except TrainingPreempted as stop:  # SIGTERM / Ctrl-C: the checkpoint is saved, rerunning resumes
         print(f"training {stop}; checkpoint saved in {args.output_dir}/checkpoints: rerun the same command to resume",
               file=sys.stderr)  # fmt: skip

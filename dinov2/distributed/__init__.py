@@ -122,7 +122,7 @@ def detect_environment(environ: Mapping[str, str] | None = None) -> dict[str, st
 
     Detection order: a complete torchrun set (all six variables) is used as is; otherwise a SLURM task
     (`SLURM_JOB_ID`, `SLURM_PROCID`, `SLURM_NTASKS` set, inside a job step `SLURM_STEP_ID`: srun or submitit)
-    is translated as in spec 8.1; a partial torchrun set is an error naming the variables present and
+    is translated as official DINOv2 does; a partial torchrun set is an error naming the variables present and
     missing; otherwise a plain single process (None: no process group).
     FIX vs official: official checks SLURM first, which breaks torchrun started inside one SLURM task (every
     torchrun child would read SLURM_PROCID=0). FIX: a SLURM batch script outside srun (no job step) with

@@ -28,7 +28,7 @@ class DINOLoss(nn.Module):
         center_momentum: EMA momentum of the teacher centre (0.9).
         device: where the `center` buffer [1, K] is created.
 
-    Official conventions kept by the caller (spec 4.6): the teacher CLS logits of the two global crops are
+    Official conventions kept by the caller: the teacher CLS logits of the two global crops are
     swapped ([crop2; crop1]) before the targets are computed, then
     `DINOLoss(local_chunks, [t1, t2]) / T + DINOLoss([student_globals_2B], [swapped_targets_2B]) * 2 / T`
     with `T = 2 * n_local_crops + 2` is the mean of the T cross-view cross-entropies.

@@ -79,7 +79,7 @@ class DinoVisionTransformer(nn.Module):
         ffn_layer: "mlp", "swiglu"/"swiglufused" (packed SwiGLU, both the same) or "identity".
         block_chunks: 0 for flat `blocks.{i}` keys, C > 0 for `blocks.{chunk}.{i}` keys. The official
             constructor defaults to 1, but every official caller passes 0 (config default, hub); we
-            default to 0 (spec 12.1 item 16).
+            default to 0 (official DINOv2 does the same).
         num_register_tokens: R extra learned tokens after the cls token (no position embedding).
         interpolate_antialias: antialias of the bicubic position-embedding interpolation.
         interpolate_offset: DINOv2's scale-factor offset; 0 interpolates to an explicit output size.

@@ -175,12 +175,22 @@ def submit(entry: EntryPoint, args: argparse.Namespace, name: str) -> submitit.J
     return job
 
 
-def run_or_submit(entry: EntryPoint, args: argparse.Namespace, name: str, *, echo: Callable[[str], None]) -> Any:
+def run_or_submit(
+    entry: EntryPoint,
+    args: argparse.Namespace,
+    name: str,
+    *,
+    check: Callable[[argparse.Namespace], None],
+    echo: Callable[[str], None],
+) -> Any:
     """The one `--submit` dispatch of every tool: `entry(args)` here, or a SLURM job named `name`.
 
-    Returns `entry`'s result, or the submitit Job after telling `echo` (the tool's `print`) the job id and where
-    its outputs and logs go.
+    `check(args)` runs first, in both modes: it validates the arguments (config keys, dataset strings, input
+    folders, weights files) and raises on a mistake, so that `--submit` reports it here instead of in the job's
+    log after the job has waited in the queue. Returns `entry`'s result, or the submitit Job after telling
+    `echo` (the tool's `print`) the job id and where its outputs and logs go.
     """
+    check(args)
     if not args.submit:
         return entry(args)
     job = submit(entry, args, name)

@@ -12,12 +12,12 @@ hooks `build_heads` / `build_losses`):
 Glossary: B images per process, G = 2 global crops, L local crops, D embedding, K head output,
 P patch tokens per global crop, M masked patches of this process's batch.
 
-Numerics follow official DINOv2 (spec 4.6): the teacher sees the unmasked global crops, the student
+Numerics follow official DINOv2: the teacher sees the unmasked global crops, the student
 masked global crops and local crops in one nested backbone call, and one shared-head call over
 `[local CLS; global CLS; masked patches]`. The DINO loss is the mean of the T = G·L + G·(G-1)
 cross-view cross-entropies (student crop A against teacher crop B != A), KoLeo acts on the student's
 global backbone CLS tokens, iBOT on the masked patches. Logged terms are unweighted and unhalved (FIX of
-spec 12.1 #4, display only): `total_loss` is exactly the optimised loss.
+an official bug, display only): `total_loss` is exactly the optimised loss.
 """
 
 import contextlib
@@ -146,7 +146,7 @@ class SSLMetaArch(nn.Module):
     def build_heads(self, embed_dim: int) -> dict[str, nn.Module]:
         """The heads of one network (called once for the student, once for the teacher).
 
-        `dino_head` whenever DINO or iBOT is on (FIX spec 12.1 #8: official needs DINO on), `ibot_head`
+        `dino_head` whenever DINO or iBOT is on (FIX: official needs DINO on), `ibot_head`
         with `ibot.separate_head`. `*.head_normalize=false` drops the l2-normalisation before the prototype
         layer (the "no last-layer normalization" perturbation of the SimDINO paper's Table 5);
         `*.remove_last_layer=true` (SimDINO) drops the prototype layer itself.
@@ -229,7 +229,7 @@ class SSLMetaArch(nn.Module):
         return autocast_context(self.precision[(role, key)], device)
 
     def train(self, mode: bool = True) -> "SSLMetaArch":
-        """Train/eval mode for the student; the teacher always stays in eval mode (FIX spec 12.1 #9)."""
+        """Train/eval mode for the student; the teacher always stays in eval mode (FIX of official DINOv2)."""
         super().train(mode)
         self.teacher.eval()
         return self
@@ -374,7 +374,7 @@ class SSLMetaArch(nn.Module):
     def compute_losses(self, *, student: Tensors, teacher: Tensors, batch: Batch) -> tuple[Tensors, Tensors]:
         """Unweighted loss terms (weighted by `self.loss_weights`) and extra detached diagnostics.
 
-        DINO (spec 4.6): the T = G·L + G·(G-1) cross-view cross-entropies are averaged; the global term
+        DINO (official DINOv2): the T = G·L + G·(G-1) cross-view cross-entropies are averaged; the global term
         pairs student crop A with teacher crop B (the teacher crops are swapped) and is computed over the
         G·B rows at once, hence the factor G.
         """

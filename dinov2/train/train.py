@@ -3,7 +3,7 @@
 `main(args, meta_arch_factory=SSLMetaArch)` runs one training job; `tools/train.py` is its CLI. The
 factory lets simdinov2 pass its own `build_meta_arch(cfg)` without dinov2 importing simdinov2.
 
-Loop, one paragraph per step (spec 6.5): apply schedules -> zero grad -> forward_backward over
+Loop, one paragraph per step (as official DINOv2's train loop): apply schedules -> zero grad -> forward_backward over
 `train.grad_accum_steps` micro-batches -> unscale, clip each student submodule, step -> teacher EMA ->
 record non-finite terms on the device. Only on logged iterations (and checkpoint / export iterations) does
 the loop synchronise with the device: one read of the rank-mean metrics, the stop requests and the
@@ -32,10 +32,11 @@ from dinov2.data import (
     make_data_loader,
     make_dataset,
 )
+from dinov2.data.loaders import check_dataset_str
 from dinov2.fsdp import build_meshes
 from dinov2.logging import MetricLogger, setup_logging
 from dinov2.run import preemption
-from dinov2.train.checkpointer import Checkpointer, ResumeError, TrainerState, export_teacher
+from dinov2.train.checkpointer import CONFIG_FILE, Checkpointer, ResumeError, TrainerState, export_teacher
 from dinov2.train.schedulers import CosineScheduler
 from dinov2.train.ssl_meta_arch import SSLMetaArch
 from dinov2.train.step_monitor import StepMonitor, StepReport
@@ -58,7 +59,12 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         "starts from MODEL.WEIGHTS or from scratch",
     )
     parser.add_argument("--eval-only", action="store_true", help="load the checkpoint, export the teacher, exit")
-    parser.add_argument("--output-dir", "--output_dir", default=".", help="run directory (made absolute)")
+    parser.add_argument(
+        "--output-dir",
+        "--output_dir",
+        default=".",
+        help="run directory: config, logs, checkpoints, teacher exports (default: the current directory)",
+    )
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides, key=value")
     return parser
 
@@ -82,6 +88,19 @@ class RunContext:
     max_iter: int
 
 
+def check_args(args: argparse.Namespace) -> DictConfig:
+    """The merged config of `--config-file` and the overrides, checked without building or reading anything.
+
+    Raises ConfigError for an unknown key or an invalid `optim.scaling_rule`, ValueError / FileNotFoundError
+    for a bad `train.dataset_path`. `tools/train.py` runs it before training here or submitting to SLURM.
+    """
+    opts = [opt for opt in (args.opts or []) if opt != "--"]
+    cfg = load_config(args.config_file, [*opts, f"train.output_dir={os.path.abspath(args.output_dir)}"])
+    scaled_lr(cfg, world_size=1)
+    check_dataset_str(cfg.train.dataset_path)
+    return cfg
+
+
 def allow_tf32_matmuls() -> None:
     """fp32 matmuls on CUDA run on TF32 tensor cores, as in official DINOv2 (set at import there).
 
@@ -98,8 +117,7 @@ def setup(args: argparse.Namespace) -> DictConfig:
     read-only mode.
     """
     output_dir = os.path.abspath(args.output_dir)
-    opts = [opt for opt in (args.opts or []) if opt != "--"]
-    cfg = load_config(args.config_file, [*opts, f"train.output_dir={output_dir}"])
+    cfg = check_args(args)
     os.makedirs(output_dir, exist_ok=True)
     environment = distributed.get_environment() or distributed.enable()
     setup_logging(output_dir)
@@ -127,7 +145,7 @@ def setup(args: argparse.Namespace) -> DictConfig:
 # Optimizer and schedules
 # ----------------------------------------------------------------------------------------------------------
 def get_params_groups(model: SSLMetaArch) -> list[dict[str, Any]]:
-    """Fused parameter groups of every student submodule (spec 6.2)."""
+    """Fused parameter groups of every student submodule (official rules, see dinov2.utils.param_groups)."""
     groups: list[dict[str, Any]] = []
     for module in model.student.values():
         groups += get_params_groups_with_decay(
@@ -153,7 +171,7 @@ class Schedules:
 
 
 def build_schedulers(cfg: DictConfig, *, lr: float, epoch_length: int) -> Schedules:
-    """The five per-iteration schedules of spec 6.4 (E = epoch_length iterations per epoch)."""
+    """The five per-iteration schedules of official DINOv2 (E = epoch_length iterations per epoch)."""
     total = cfg.optim.epochs * epoch_length
     lr_args = dict(
         base_value=lr,
@@ -224,21 +242,22 @@ def _no_target(_: Any) -> tuple[()]:
 
 
 def bad_image_metrics(dataset: Any) -> dict[str, float]:
-    """Undecodable-image counts of file-backed datasets (`dataset.bad_images`, dinov2/data/datasets/extended.py).
+    """Undecodable files of file-backed datasets (`dataset.bad_images`, dinov2/data/datasets/extended.py):
+    distinct files that failed, and their fraction of the distinct files read, on this rank.
 
     In-memory datasets (Digits) have no counter and report nothing.
     """
     counter = getattr(dataset, "bad_images", None)
     if counter is None:
         return {}
-    n_attempted, n_failed = counter.totals()
-    return {"bad_images": float(n_failed), "bad_image_fraction": n_failed / max(n_attempted, 1)}
+    n_read, n_failed = counter.totals()
+    return {"bad_images": float(n_failed), "bad_image_fraction": n_failed / max(n_read, 1)}
 
 
 def build_data_loader(cfg: DictConfig, dataset: Any, *, dtype: torch.dtype, start_iter: int) -> Iterable[Any]:
     """Endless loader of micro-batches; `start_iter` full steps of this rank's stream are skipped.
 
-    FIX (spec 12.1 #2): seeded with `train.seed` and advanced by the samples already consumed, so a
+    FIX of official DINOv2 (docs/data.md): seeded with `train.seed` and advanced by the samples already consumed, so a
     resumed run sees the data the uninterrupted run would have seen (official: seed = start_iter, no advance).
     """
     n_side = cfg.crops.global_crops_size // cfg.student.patch_size
@@ -288,7 +307,7 @@ def do_test(cfg: DictConfig, model: SSLMetaArch, name: str) -> str:
 
 
 def clip_and_step(model: SSLMetaArch, optimizer: torch.optim.Optimizer, clip_grad: float) -> dict[str, torch.Tensor]:
-    """Unscale (fp16), clip each student submodule separately (KEEP, spec 12.1 #5), optimizer step.
+    """Unscale (fp16), clip each student submodule separately (KEEP: as official DINOv2), optimizer step.
 
     Returns the gradient norm of every student submodule before clipping (`<key>_grad_norm`), as scalar
     tensors on the device (reading them would synchronise; the loop reads them with the metrics).
@@ -443,14 +462,76 @@ def restore(
         assert trainer_state is not None, "a full load returns the trainer state"
         if model.grad_scaler is not None and trainer_state.grad_scaler is not None:
             model.grad_scaler.load_state_dict(trainer_state.grad_scaler)
+        log_config_changes(cfg, latest, trainer_state)
         return latest, trainer_state
     if cfg.MODEL.WEIGHTS:
         if not os.path.isdir(cfg.MODEL.WEIGHTS):
             raise ResumeError(f"MODEL.WEIGHTS={cfg.MODEL.WEIGHTS!r} is not a checkpoint directory; fix MODEL.WEIGHTS")
-        checkpointer.load(cfg.MODEL.WEIGHTS, model_only=True)
+        checkpointer.load(cfg.MODEL.WEIGHTS, model_only=True, backbone_across_objectives=True)
     else:
         logger.info("no checkpoint to resume from: training from scratch")
     return None
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, dict) and tree:
+        return {key: value for name, sub in tree.items() for key, value in _flatten(sub, f"{prefix}{name}.").items()}
+    return {prefix.removesuffix("."): tree}
+
+
+def config_changes(previous: DictConfig, current: DictConfig) -> dict[str, tuple[Any, Any]]:
+    """`{dotted key: (previous value, current value)}` for every leaf that differs (missing: `<absent>`)."""
+    old = _flatten(OmegaConf.to_container(previous, resolve=True))
+    new = _flatten(OmegaConf.to_container(current, resolve=True))
+    return {
+        key: (old.get(key, "<absent>"), new.get(key, "<absent>"))
+        for key in sorted(old.keys() | new.keys())
+        if old.get(key, "<absent>") != new.get(key, "<absent>")
+    }
+
+
+def _global_batch(cfg: DictConfig, world_size: int) -> str:
+    batch = cfg.train.batch_size_per_gpu * world_size * cfg.train.grad_accum_steps
+    return (
+        f"{batch} ({cfg.train.batch_size_per_gpu} per process x {world_size} processes x {cfg.train.grad_accum_steps})"
+    )
+
+
+def log_config_changes(cfg: DictConfig, checkpoint: str, trainer_state: TrainerState) -> None:
+    """Warn, before the first resumed step, about every config value that differs from the checkpointed run's
+    (the `config.yaml` saved in `checkpoint`), and spell out a change of the scaled learning rate."""
+    path = os.path.join(checkpoint, CONFIG_FILE)
+    if not os.path.isfile(path):
+        logger.warning(
+            "%s has no %s (an older checkpoint): changes of the config cannot be listed", checkpoint, CONFIG_FILE
+        )
+        return
+    previous = OmegaConf.load(path)
+    assert isinstance(previous, DictConfig), f"{path} holds a list, not a config"
+    changes = config_changes(previous, cfg)
+    if not changes:
+        logger.info("resuming with the config of %s unchanged", checkpoint)
+        return
+    logger.warning(
+        "resuming with %d config values that differ from the run that wrote %s (%s now holds the new values):\n%s",
+        len(changes),
+        checkpoint,
+        os.path.join(cfg.train.output_dir, "config.yaml"),
+        "\n".join(f"  {key}: {old!r} -> {new!r}" for key, (old, new) in changes.items()),
+    )
+    if "optim.lr" in changes:
+        logger.warning(
+            "the learning rate changes on resume: optim.lr %.6g -> %.6g (optim.base_lr %g -> %g, global batch %s -> "
+            "%s, "
+            "optim.scaling_rule %s); the lr schedule continues with the new value",
+            previous.optim.lr,
+            cfg.optim.lr,
+            previous.optim.base_lr,
+            cfg.optim.base_lr,
+            _global_batch(previous, trainer_state.world_size),
+            _global_batch(cfg, distributed.get_global_size()),
+            cfg.optim.scaling_rule,
+        )
 
 
 def build_run_context(cfg: DictConfig, dataset_length: int) -> RunContext:

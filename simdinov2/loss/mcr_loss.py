@@ -131,7 +131,7 @@ class MCRLoss(nn.Module):
     `loss, comp_loss (= comp), global_comp_loss (mean of the global cross-view pairs), expa_loss
     (= gamma · mean_v R_v), effective_eps, cholesky_fallbacks`.
 
-    Closed form (spec 10.3): p = m = 4, eps = 0.5, one process, expa_type 0, all four views the 4x4
+    Closed form: p = m = 4, eps = 0.5, one process, expa_type 0, all four views the 4x4
     identity: comp = 1, R = 2·ln 3, gamma = 0.5, expa = ln 3, loss = -1 - ln 3.
     """
 

@@ -1,6 +1,6 @@
 """SimDINO / SimDINOv2 meta-architecture: DINOv2's SSLMetaArch with coding-rate and cosine losses.
 
-The delta over `dinov2.train.ssl_meta_arch.SSLMetaArch` (paper eq. 9 and 17, spec section 10):
+The delta over `dinov2.train.ssl_meta_arch.SSLMetaArch` (paper eq. 9 and 17):
 
 * heads without the weight-normed prototype layer (`DINOHead(remove_last_layer=True)`): a 3-layer MLP to
   the bottleneck, l2-normalised, so the teacher export holds only `backbone.*` and `dino_head.mlp.*`;

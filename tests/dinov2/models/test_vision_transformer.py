@@ -1,4 +1,4 @@
-"""DinoVisionTransformer: keys and shapes (spec 3.7), numerical agreement with a hand-written reference forward,
+"""DinoVisionTransformer: keys and shapes (official layout), numerical agreement with a hand-written reference forward,
 masking, position-embedding interpolation, list-of-crops input and the forward variants."""
 
 import math
@@ -28,7 +28,7 @@ def tiny_vit(**kwargs) -> DinoVisionTransformer:
 
 def expected_keys(depth: int, dim: int, patch: int, n_patches: int, regs: int, layerscale: bool, ffn: str,
                   hidden: int, chunks: int = 0) -> dict[str, tuple[int, ...]]:  # fmt: skip
-    """Key -> shape table transcribed from spec 3.7."""
+    """Key -> shape table of the official DINOv2 state dicts."""
     keys = {"cls_token": (1, 1, dim), "pos_embed": (1, 1 + n_patches, dim), "mask_token": (1, dim)}
     if regs:
         keys["register_tokens"] = (1, regs, dim)

@@ -4,8 +4,10 @@ SLURM node lists (checked against SLURM's own `scontrol show hostnames`), and th
 import argparse
 import os
 import pathlib
+import runpy
 import signal
 import subprocess
+import sys
 
 import pytest
 import submitit
@@ -158,10 +160,60 @@ def test_one_rank_signalled_stops_every_rank_at_the_same_iteration():
     assert outcome == [(0, None, signal.SIGTERM, signal.SIGTERM), (1, None, signal.SIGTERM, signal.SIGTERM)]
 
 
-def test_run_or_submit_runs_here_without_submit():
+def test_run_or_submit_checks_then_runs_here_without_submit():
     from dinov2.run.submit import run_or_submit
 
     echoed: list[str] = []
+    calls: list[str] = []
     args = argparse.Namespace(submit=False, value=3)
-    assert run_or_submit(lambda parsed: parsed.value * 2, args, name="t", echo=echoed.append) == 6
-    assert echoed == []
+
+    def entry(parsed):
+        calls.append("entry")
+        return parsed.value * 2
+
+    assert run_or_submit(entry, args, name="t", check=lambda _: calls.append("check"), echo=echoed.append) == 6
+    assert echoed == [] and calls == ["check", "entry"]
+
+    def refuse(_):
+        raise ValueError("bad flag")
+
+    with pytest.raises(ValueError, match="bad flag"):
+        run_or_submit(entry, argparse.Namespace(submit=True, value=3), name="t", check=refuse, echo=echoed.append)
+    assert calls == ["check", "entry"] and echoed == []
+
+
+DIGITS = ["--train-dataset", "Digits:split=TRAIN", "--val-dataset", "Digits:split=VAL"]
+TINY_ARCH = ["--arch", "vit_tiny", "--patch-size", "8"]
+
+
+@pytest.mark.parametrize(
+    ("tool", "argv", "message"),
+    [
+        ("train", ["--config-file", "configs/tiny/dinov2_test.yaml", "optim.lrr=0.1"], "config key 'optim.lrr'"),
+        ("train", ["--config-file", "configs/tiny/dinov2_test.yaml", "train.dataset_path=Digits:split=TRAINING"],
+         "split='TRAINING'"),
+        ("train", ["--config-file", "configs/tiny/dinov2_test.yaml", "dino.use_mcr=true"], "dino.use_mcr"),
+        ("eval_knn", [*TINY_ARCH, "--opts", "student.pach_size=8", *DIGITS], "student.pach_size"),
+        ("eval_knn", [*TINY_ARCH, "--train-dataset", "ImageFolder:root=/nonexistent/train", "--val-dataset",
+                      "Digits:split=VAL"], "root='/nonexistent/train'"),
+        ("eval_knn", [*TINY_ARCH, "--weights", "/nonexistent/backbone.pth", *DIGITS], "/nonexistent/backbone.pth"),
+        ("eval_linear", [*TINY_ARCH, *DIGITS, "--test-datasets", "Digits:split=TEST"], "split='TEST'"),
+        ("eval_logreg", [*TINY_ARCH, *DIGITS, "--finetune-dataset-str", "Digit:split=VAL"], "unknown dataset 'Digit'"),
+        ("eval_segmentation", [*TINY_ARCH, "--data-root", "/nonexistent/ADEChallengeData2016"],
+         "--data-root /nonexistent/ADEChallengeData2016 is not a folder"),
+        ("eval_davis", [*TINY_ARCH, "--davis-root", "/nonexistent/DAVIS"], "--davis-root /nonexistent/DAVIS"),
+        ("eval_maskcut", [*TINY_ARCH, "--images", "/nonexistent/val2017"], "--images /nonexistent/val2017"),
+    ],
+)  # fmt: skip
+def test_submit_refuses_bad_arguments_before_submitting(tool, argv, message, tmp_path, monkeypatch):
+    """The tool's check runs before submitit is asked for anything: with no SLURM command on the PATH, a
+    submission attempt would fail on the missing `sbatch`; the error is the argument's own."""
+    monkeypatch.chdir(REPO)
+    monkeypatch.setenv("PATH", str(pathlib.Path(sys.executable).parent))
+    path = REPO / "tools" / f"{tool}.py"
+    output_dir = tmp_path / "out"
+    monkeypatch.setattr(sys, "argv", [str(path), "--submit", "--ngpus", "0", "--output-dir", str(output_dir), *argv])
+    with pytest.raises((ValueError, FileNotFoundError)) as raised:
+        runpy.run_path(str(path), run_name="__main__")
+    assert message in str(raised.value)
+    assert not output_dir.exists()  # nothing was written: neither submitit's folder nor the tool's outputs
