@@ -39,13 +39,13 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
-from peak_flops import peak_flops  # noqa: E402
+from peak_flops import compute_precision, peak_flops  # noqa: E402
 from train_step import StepRunner, median, synthetic_batch  # noqa: E402
 
 from dinov2 import distributed  # noqa: E402
 from dinov2.models import build_model_from_cfg  # noqa: E402
 from dinov2.train.compile import compile_meta_arch  # noqa: E402
-from dinov2.train.train import apply_optim_scheduler, clip_and_step  # noqa: E402
+from dinov2.train.train import allow_tf32_matmuls, apply_optim_scheduler, clip_and_step  # noqa: E402
 from dinov2.utils.config import load_config, scaled_lr  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -102,7 +102,8 @@ def training_rows(args: argparse.Namespace, device: torch.device) -> list[dict[s
                         torch.cuda.reset_peak_memory_stats(device)
                     times = runner.timed_steps(args.steps)
                     dtype = runner.model.precision[("student", "backbone")].param_dtype
-                    peak = peak_flops(device_name(device), dtype) if device.type == "cuda" else None
+                    precision = compute_precision(dtype, tf32=torch.backends.cuda.matmul.allow_tf32)
+                    peak = peak_flops(device_name(device), precision) if device.type == "cuda" else None
                     row.update(
                         batch_size=args.batch_size,
                         dtype=str(dtype).removeprefix("torch."),
@@ -310,7 +311,7 @@ def main() -> int:
         print("gpu_check: --device cuda but CUDA is not available", file=sys.stderr)
         return 1
     distributed.enable()
-    torch.backends.cuda.matmul.allow_tf32 = True  # as training (dinov2.train.train.setup)
+    allow_tf32_matmuls()  # as training does
     start = time.perf_counter()
     sections: list[Callable[[argparse.Namespace, torch.device], Any]] = [training_rows, timm_row, tiny_recipe_row]
     rows: list[dict[str, Any]] = []

@@ -12,6 +12,7 @@ import ctypes
 import ctypes.util
 import logging
 import os
+import signal
 from enum import Enum
 from typing import Any, Callable
 
@@ -60,6 +61,10 @@ def tune_allocator_for_data_workers(*, threshold_bytes: int = 64 << 20) -> bool:
 
 def _data_worker_init(worker_id: int) -> None:
     tune_allocator_for_data_workers()
+    # Ctrl-C and SLURM's SIGTERM reach every process of the group; the main process stops the run (checkpoint,
+    # dinov2.run.preemption) and shuts the workers down. A worker killed first would abort it instead.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 # Keys each dataset accepts; all of them are required.

@@ -128,7 +128,8 @@ class SubmittedTask:
         # test process) would hide SLURM's own variables from `distributed.enable()` (MASTER_PORT may stay)
         inherited = [name for name in _INHERITED_LAUNCHER_VARIABLES if os.environ.pop(name, None) is not None]
         # submitit has installed its requeue handler for the warning signal: it stays in charge until a
-        # training loop polls `preemption.should_stop`, and requeues the job once the loop has checkpointed.
+        # training loop polls for stop requests (`preemption.stop_flags`), and requeues the job once the loop
+        # has checkpointed.
         warning_signal = getattr(signal, "SIG" + submitit.JobEnvironment.USR_SIG)
         submitit_handler = signal.getsignal(warning_signal)
         if not callable(submitit_handler):
@@ -140,6 +141,9 @@ class SubmittedTask:
         try:
             return self.entry(self.args)
         except preemption.TrainingPreempted as stop:
+            if stop.signum != warning_signal:  # SIGTERM / SIGINT (scancel, a user): saved, not requeued
+                logger.warning("%s; job %s is not requeued", stop, env.job_id)
+                return None
             if env.global_rank != 0:
                 logger.warning("%s; task 0 requeues job %s", stop, env.job_id)
                 return None

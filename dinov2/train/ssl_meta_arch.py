@@ -29,7 +29,6 @@ from omegaconf import DictConfig
 from torch import Tensor, nn
 from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
 
-from dinov2 import distributed
 from dinov2.fsdp import (
     Meshes,
     autocast_context,
@@ -55,12 +54,16 @@ CENTERING_MODES = ("centering", "sinkhorn_knopp", "none")
 def effective_rank(features: Tensor) -> Tensor:
     """exp(entropy of the normalised singular values) of `features` [N, D] (uncentred), in [1, min(N, D)].
 
-    Collapse monitor: near 1 when every sample maps to the same direction.
+    Collapse monitor: near 1 when every sample maps to the same direction. NaN when `features` holds a
+    non-finite value (the SVD would raise; a diverged step must reach the loop's non-finite check instead).
+    No host-device synchronisation beyond what the SVD itself needs.
     """
-    singular_values = torch.linalg.svdvals(features.detach().float())
+    features = features.detach().float()
+    is_finite = torch.isfinite(features).all()
+    singular_values = torch.linalg.svdvals(torch.where(is_finite, features, torch.zeros_like(features)))
     probs = singular_values / singular_values.sum().clamp_min(1e-12)
-    probs = probs[probs > 0]
-    return torch.exp(-(probs * probs.log()).sum())
+    entropy = -torch.special.xlogy(probs, probs).sum()  # 0·log 0 = 0, without a data-dependent mask
+    return torch.where(is_finite, torch.exp(entropy), torch.full_like(entropy, float("nan")))
 
 
 class SSLMetaArch(nn.Module):
@@ -119,7 +122,9 @@ class SSLMetaArch(nn.Module):
                 )
         self.is_sharded = False
         self.grad_scaler: torch.amp.GradScaler | None = None  # attached by build_grad_scaler (fp16 only)
-        self._pending_center_logits: dict[str, list[Tensor]] = {"dino": [], "ibot": []}
+        # Running [1, K] row sums and row counts of the teacher logits since the last `update_centers` (the
+        # centre needs only these; keeping the [N, K] logits would hold them through the student pass).
+        self._center_row_sums: dict[str, tuple[Tensor, int]] = {}
         logger.info(
             "OPTIONS -- SSLMetaArch: dino %s (weight %s), koleo %s (weight %s), ibot %s (weight %s, %s head), "
             "centering %s, %d global + %d local crops",
@@ -305,22 +310,31 @@ class SSLMetaArch(nn.Module):
             return logits
         if which == "dino":
             if self.centering == "centering":
-                self._pending_center_logits["dino"].append(logits)
+                self._accumulate_center_rows("dino", logits)
                 return self.dino_loss.softmax_center_teacher(logits, teacher_temp)
             return self.dino_loss.sinkhorn_knopp_teacher(logits, teacher_temp)
         if self.centering == "centering":
-            self._pending_center_logits["ibot"].append(logits)
+            self._accumulate_center_rows("ibot", logits)
             return self.ibot_patch_loss.softmax_center_teacher(logits.unsqueeze(0), teacher_temp).squeeze(0)
         assert n_masked_patches is not None, "Sinkhorn on patches needs the masked-patch count"
         return self.ibot_patch_loss.sinkhorn_knopp_teacher(logits, teacher_temp, n_masked_patches.clone())
 
+    def _accumulate_center_rows(self, which: Literal["dino", "ibot"], logits: Tensor) -> None:
+        """Add the fp32 row sum [1, K] and the row count of teacher logits [N, K] to the running totals."""
+        row_sum = logits.float().sum(dim=0, keepdim=True)
+        if which in self._center_row_sums:
+            previous_sum, previous_rows = self._center_row_sums[which]
+            self._center_row_sums[which] = (previous_sum + row_sum, previous_rows + logits.shape[0])
+        else:
+            self._center_row_sums[which] = (row_sum, logits.shape[0])
+
     def update_centers(self) -> None:
-        """Start one centre update from all teacher logits collected since the last call (one per step)."""
-        if self._pending_center_logits["dino"]:
-            self.dino_loss.update_center(torch.cat(self._pending_center_logits["dino"]))
-        if self._pending_center_logits["ibot"]:
-            self.ibot_patch_loss.update_center(torch.cat(self._pending_center_logits["ibot"]).unsqueeze(0))
-        self._pending_center_logits = {"dino": [], "ibot": []}
+        """Start one centre update from the teacher rows of all micro-batches since the last call (one per step)."""
+        if "dino" in self._center_row_sums:
+            self.dino_loss.update_center_from_sum(*self._center_row_sums["dino"])
+        if "ibot" in self._center_row_sums:
+            self.ibot_patch_loss.update_center_from_sum(*self._center_row_sums["ibot"])
+        self._center_row_sums = {}
 
     def apply_center_updates(self) -> None:
         """Fold pending centre updates into the centre buffers (before a checkpoint is written)."""
@@ -392,7 +406,7 @@ class SSLMetaArch(nn.Module):
                 student["student_masked_patch_logits"],
                 teacher["teacher_patch_targets"],
                 student_masks_flat=batch["collated_masks"],
-                n_masked_patches=batch["n_masked_patches"],
+                n_masked_patches=batch["mask_indices_list"].shape[0],
                 masks_weight=batch["masks_weight"],
             )
         return terms, {}
@@ -428,6 +442,11 @@ class SSLMetaArch(nn.Module):
             reshard_(self.teacher)
         student = self.student_forward(batch)
         terms, diagnostics = self.compute_losses(student=student, teacher=teacher, batch=batch)
+        teacher_cls = teacher["teacher_cls"] if compute_feature_stats else None
+        # Autograd keeps what backward needs (log-softmax outputs, the targets the cross-entropy multiplies);
+        # the student logits themselves, [(2 + L) B + M, K] fp32, are not among it: drop the dicts before
+        # backward so that the logits are freed instead of living through it.
+        del student, teacher
         assert set(terms) == set(self.loss_weights), (
             f"loss terms {sorted(terms)} != weights {sorted(self.loss_weights)}"
         )
@@ -439,8 +458,8 @@ class SSLMetaArch(nn.Module):
         metrics = {name: term.detach() for name, term in terms.items()}
         metrics.update({name: value.detach() for name, value in diagnostics.items()})
         metrics["total_loss"] = total_loss.detach()
-        if compute_feature_stats:
-            metrics["teacher_cls_effective_rank"] = effective_rank(teacher["teacher_cls"].flatten(0, 1))
+        if teacher_cls is not None:
+            metrics["teacher_cls_effective_rank"] = effective_rank(teacher_cls.flatten(0, 1))
         return total_loss.detach(), metrics
 
     def backward(self, loss: Tensor) -> None:
@@ -458,10 +477,3 @@ class SSLMetaArch(nn.Module):
             student_params = [local_tensor(p) for p in self.student[key].parameters()]
             torch._foreach_mul_(teacher_params, momentum)
             torch._foreach_add_(teacher_params, student_params, alpha=1 - momentum)
-
-    def all_reduce_metrics(self, metrics: Tensors) -> dict[str, float]:
-        """Mean over ranks of every metric, as python floats (one collective)."""
-        names = sorted(metrics)
-        stacked = torch.stack([metrics[name].float().reshape(()) for name in names])
-        distributed.all_reduce_mean_(stacked)
-        return dict(zip(names, stacked.tolist(), strict=True))

@@ -4,17 +4,19 @@
 factory lets simdinov2 pass its own `build_meta_arch(cfg)` without dinov2 importing simdinov2.
 
 Loop, one paragraph per step (as official DINOv2's train loop): apply schedules -> zero grad -> forward_backward over
-`train.grad_accum_steps` micro-batches -> reduce and check the loss -> unscale, clip each student
-submodule, step -> teacher EMA -> log -> teacher export -> checkpoint.
+`train.grad_accum_steps` micro-batches -> unscale, clip each student submodule, step -> teacher EMA ->
+record non-finite terms on the device. Only on logged iterations (and checkpoint / export iterations) does
+the loop synchronise with the device: one read of the rank-mean metrics, the stop requests and the
+non-finite record (dinov2.train.step_monitor) -> log -> teacher export -> checkpoint, or stop.
 """
 
 import argparse
 import dataclasses
 import functools
 import logging
-import math
 import os
 import random
+import signal
 from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
@@ -38,6 +40,7 @@ from dinov2.train.checkpointer import CONFIG_FILE, Checkpointer, ResumeError, Tr
 from dinov2.train.compile import compile_meta_arch
 from dinov2.train.schedulers import build_schedulers
 from dinov2.train.ssl_meta_arch import SSLMetaArch
+from dinov2.train.step_monitor import StepMonitor, StepReport
 from dinov2.utils.config import load_config, scaled_lr
 from dinov2.utils.param_groups import fuse_params_groups, get_params_groups_with_decay
 
@@ -99,6 +102,15 @@ def check_args(args: argparse.Namespace) -> DictConfig:
     return cfg
 
 
+def allow_tf32_matmuls() -> None:
+    """fp32 matmuls on CUDA run on TF32 tensor cores, as in official DINOv2 (set at import there).
+
+    Training and the step benchmark call this one function, so that they measure the same arithmetic.
+    """
+    torch.backends.cuda.matmul.allow_tf32 = True
+    logger.info("TF32 matmuls allowed")
+
+
 def setup(args: argparse.Namespace) -> DictConfig:
     """Config (defaults <- file <- overrides <- output dir), process group, logging, seeds, scaled lr.
 
@@ -112,8 +124,7 @@ def setup(args: argparse.Namespace) -> DictConfig:
     setup_logging(output_dir)
     logger.info("launch: %s", environment)
     logger.info("arguments: %s", vars(args))
-    torch.backends.cuda.matmul.allow_tf32 = True  # official DINOv2 (set at import there); fp32 matmuls on CUDA only
-    logger.info("TF32 matmuls allowed")
+    allow_tf32_matmuls()
     cfg.optim.lr = scaled_lr(cfg, environment.world_size)
     logger.info(
         "optim.lr = %.6g (optim.base_lr %g, rule %s, global batch %d x %d x %d)",
@@ -255,20 +266,21 @@ def do_test(cfg: DictConfig, model: SSLMetaArch, name: str) -> str:
     return path
 
 
-def clip_and_step(model: SSLMetaArch, optimizer: torch.optim.Optimizer, clip_grad: float) -> dict[str, float]:
+def clip_and_step(model: SSLMetaArch, optimizer: torch.optim.Optimizer, clip_grad: float) -> dict[str, torch.Tensor]:
     """Unscale (fp16), clip each student submodule separately (KEEP: as official DINOv2), optimizer step.
 
-    Returns the gradient norm of every student submodule before clipping (`<key>_grad_norm`).
+    Returns the gradient norm of every student submodule before clipping (`<key>_grad_norm`), as scalar
+    tensors on the device (reading them would synchronise; the loop reads them with the metrics).
     """
     scaler = model.grad_scaler
     if scaler is not None:
         scaler.unscale_(optimizer)
-    norms: dict[str, float] = {}
+    norms: dict[str, torch.Tensor] = {}
     if clip_grad > 0:
         for key, module in model.student.items():
             norm = torch.nn.utils.clip_grad_norm_(module.parameters(), clip_grad)
             full_tensor = getattr(norm, "full_tensor", None)
-            norms[f"{key}_grad_norm"] = float((full_tensor() if full_tensor is not None else norm).item())
+            norms[f"{key}_grad_norm"] = full_tensor() if full_tensor is not None else norm
     if scaler is not None:
         scaler.step(optimizer)
         scaler.update()
@@ -278,7 +290,24 @@ def clip_and_step(model: SSLMetaArch, optimizer: torch.optim.Optimizer, clip_gra
 
 
 class NonFiniteLossError(FloatingPointError):
-    """The reduced loss of a step is NaN or infinite; the step was not applied."""
+    """A step's loss terms or gradient norms were NaN or infinite (found at the next logged iteration)."""
+
+
+def non_finite_error(report: StepReport, iteration: int, last_checkpoint: str | None) -> NonFiniteLossError:
+    """The error for a read that found a non-finite step: which iteration, which terms, what was kept."""
+    first = report.first_non_finite
+    if first is not None:
+        terms = ", ".join(f"{name}={value:.6g}" for name, value in sorted(first.values.items()))
+        found = f"non-finite loss at iteration {first.iteration}: {terms}"
+    else:
+        found = "non-finite loss on another rank"
+    if first is None or first.iteration != iteration:
+        current = ", ".join(f"{name}={value:.6g}" for name, value in sorted(report.metrics.items()))
+        found += f" (found at iteration {iteration}: {current})"
+    kept = f"the last checkpoint, {last_checkpoint}, is untouched" if last_checkpoint else "there is no checkpoint"
+    return NonFiniteLossError(
+        f"{found}; nothing was saved after it and {kept} (lower optim.base_lr or raise optim.clip_grad)"
+    )
 
 
 def do_train(cfg: DictConfig, model: SSLMetaArch, ctx: RunContext, *, dataset: Any, resume: bool) -> dict[str, float]:
@@ -307,6 +336,7 @@ def do_train(cfg: DictConfig, model: SSLMetaArch, ctx: RunContext, *, dataset: A
     )
     log_period = cfg.train.log_period_iterations
     n_micro = cfg.train.grad_accum_steps
+    monitor = StepMonitor(ctx.device)
     logger.info("starting training at iteration %d of %d", start_iter, ctx.max_iter)
     iteration = start_iter
     for micro_batches in metric_logger.log_every(steps, log_period, "Training", ctx.max_iter, start_iter):
@@ -332,16 +362,25 @@ def do_train(cfg: DictConfig, model: SSLMetaArch, ctx: RunContext, *, dataset: A
             )
             for name, value in metrics.items():
                 step_metrics[name] = step_metrics.get(name, 0.0) + value / n_micro
-        reduced = model.all_reduce_metrics(step_metrics)
-        if not math.isfinite(reduced["total_loss"]):
-            terms = ", ".join(f"{name}={value:.6g}" for name, value in sorted(reduced.items()))
-            raise NonFiniteLossError(
-                f"non-finite loss at iteration {iteration}: {terms}; the step was not applied and the last "
-                f"checkpoint in {checkpointer.save_dir} is untouched"
-            )
         grad_norms = clip_and_step(model, optimizer, clip_grad)
         model.update_teacher(momentum)
+        checked = {name: step_metrics[name] for name in (*model.loss_weights, "total_loss")}
+        if model.grad_scaler is None:  # with loss scaling, overflowing gradients are expected (the step is skipped)
+            checked.update(grad_norms)
+        monitor.record(iteration, checked)
 
+        period = cfg.checkpointing.period_iterations
+        is_last_step = iteration == ctx.max_iter - 1
+        is_export_step = (
+            cfg.evaluation.eval_period_iterations > 0 and (iteration + 1) % cfg.evaluation.eval_period_iterations == 0
+        )
+        is_checkpoint_step = period > 0 and (iteration + 1) % period == 0
+        if not (is_log_step or is_last_step or is_export_step or is_checkpoint_step):
+            iteration += 1
+            continue  # no host-device synchronisation on this iteration
+        report = monitor.read({**step_metrics, **grad_norms})
+        if report.any_rank_non_finite:
+            raise non_finite_error(report, iteration, checkpointer.latest())
         current_batch_size = micro_batches[0]["collated_global_crops"].shape[0] // 2 * n_micro
         metric_logger.update(
             lr=lr,
@@ -352,25 +391,22 @@ def do_train(cfg: DictConfig, model: SSLMetaArch, ctx: RunContext, *, dataset: A
             clip_grad=clip_grad,
             **loss_parameters,
             current_batch_size=current_batch_size,
-            **reduced,
-            **grad_norms,
+            **report.metrics,
             **(bad_image_metrics(dataset) if is_log_step else {}),
         )
         metric_logger.end_iteration()  # the metrics line is written before the checkpoint
-        if cfg.evaluation.eval_period_iterations > 0 and (iteration + 1) % cfg.evaluation.eval_period_iterations == 0:
+        if is_export_step:
             do_test(cfg, model, f"training_{iteration}")
-        period = cfg.checkpointing.period_iterations
-        if iteration == ctx.max_iter - 1:
+        if is_last_step:
             checkpointer.save("model_final", iteration=iteration, grad_scaler=model.grad_scaler)
-        elif preemption.should_stop(ctx.device):  # collective: polled on every iteration but the last
-            # SLURM time-out / preemption warning (dinov2.run.preemption): save what is done, let the launcher requeue
-            checkpointer.save(f"model_{iteration:07d}", iteration=iteration, grad_scaler=model.grad_scaler)
+        elif report.stop_signal is not None:
+            # SLURM warning, SIGTERM or Ctrl-C (dinov2.run.preemption): save what is done, then stop
+            path = checkpointer.save(f"model_{iteration:07d}", iteration=iteration, grad_scaler=model.grad_scaler)
+            logger.warning("stop requested by %s: saved %s", signal.Signals(report.stop_signal).name, path)
             if tensorboard is not None:
                 tensorboard.close()
-            signum = preemption.requested_signal()
-            assert signum is not None, "should_stop() records the signal on every rank"
-            raise preemption.TrainingPreempted(iteration, signum)
-        elif period > 0 and (iteration + 1) % period == 0:
+            raise preemption.TrainingPreempted(iteration, report.stop_signal)
+        elif is_checkpoint_step:
             checkpointer.save(f"model_{iteration:07d}", iteration=iteration, grad_scaler=model.grad_scaler)
         iteration += 1
     metric_logger.synchronize_between_processes()
@@ -518,4 +554,7 @@ def main(args: argparse.Namespace, meta_arch_factory: MetaArchFactory = SSLMetaA
         iteration = torch.load(os.path.join(latest, "trainer_state.pth"), weights_only=True)["iteration"]
         do_test(cfg, model, f"manual_{iteration}")
         return {}
-    return do_train(cfg, model, ctx, dataset=dataset, resume=args.resume)
+    # SIGTERM / Ctrl-C: checkpoint at the next logged iteration and raise TrainingPreempted (tools/train.py
+    # turns it into one line and exit code 128 + signal)
+    with preemption.handle_stop_signals(signal.SIGTERM, signal.SIGINT):
+        return do_train(cfg, model, ctx, dataset=dataset, resume=args.resume)

@@ -166,7 +166,7 @@ class SimDINOMetaArch(SSLMetaArch):
                 student["student_masked_patch_logits"],
                 teacher["teacher_patch_features"],
                 student_masks_flat=batch["collated_masks"],
-                n_masked_patches=batch["n_masked_patches"],
+                n_masked_patches=batch["mask_indices_list"].shape[0],
                 masks_weight=batch["masks_weight"],
             )
         return terms, diagnostics

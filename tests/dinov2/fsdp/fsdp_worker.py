@@ -21,6 +21,7 @@ from dinov2.fsdp import build_meshes  # noqa: E402
 from dinov2.train.checkpointer import Checkpointer, export_teacher  # noqa: E402
 from dinov2.train.compile import compile_meta_arch  # noqa: E402
 from dinov2.train.ssl_meta_arch import SSLMetaArch  # noqa: E402
+from dinov2.train.step_monitor import StepMonitor  # noqa: E402
 from dinov2.train.train import (  # noqa: E402
     apply_optim_scheduler,
     build_model,
@@ -64,6 +65,7 @@ def main() -> None:
     per_rank = args.global_batch // environment.world_size
     per_micro = per_rank // args.accum
     losses = []
+    monitor = StepMonitor(environment.device)
     for step, batch in enumerate(batches):
         torch.manual_seed(100 + step)
         apply_optim_scheduler(optimizer, lr=1e-3, wd=0.04, last_layer_lr=1e-3 if step > 0 else 0.0)
@@ -79,9 +81,12 @@ def main() -> None:
             )
             for name, value in metrics.items():
                 step_metrics[name] = step_metrics.get(name, 0.0) + value / args.accum
-        losses.append(model.all_reduce_metrics(step_metrics))
-        clip_and_step(model, optimizer, cfg.optim.clip_grad)
+        grad_norms = clip_and_step(model, optimizer, cfg.optim.clip_grad)
         model.update_teacher(0.9)
+        monitor.record(step, {name: step_metrics[name] for name in (*model.loss_weights, "total_loss")} | grad_norms)
+        report = monitor.read(step_metrics)  # the training loop's one read: rank-mean metrics, non-finite verdict
+        assert not report.any_rank_non_finite and report.stop_signal is None
+        losses.append(report.metrics)
     if args.checkpoint_dir is not None:
         checkpointer = Checkpointer(output_dir=args.checkpoint_dir, model=model, optimizer=optimizer, max_to_keep=1)
         checkpointer.save(f"model_{args.steps - 1:07d}", iteration=args.steps - 1)

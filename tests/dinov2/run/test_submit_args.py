@@ -112,26 +112,43 @@ def usr2_restored():
     signal.signal(signal.SIGUSR2, previous)
 
 
+def _poll(device: torch.device) -> int | None:
+    """What the training loop does on a logged iteration: reduce the stop flags over ranks and agree."""
+    flags = preemption.stop_flags(device)
+    if dist.is_initialized():
+        dist.all_reduce(flags)
+    return preemption.agreed_stop(flags.tolist())
+
+
 def test_signal_goes_to_the_fallback_until_the_loop_polls(usr2_restored):
     handed_over = []
     preemption.install_handler(signal.SIGUSR2, fallback=lambda signum, frame: handed_over.append(signum))
     os.kill(os.getpid(), signal.SIGUSR2)
     assert handed_over == [signal.SIGUSR2] and preemption.requested_signal() is None
-    assert not preemption.should_stop(torch.device("cpu"))  # the loop polls from now on
+    assert _poll(torch.device("cpu")) is None  # the loop polls from now on
     os.kill(os.getpid(), signal.SIGUSR2)
     assert handed_over == [signal.SIGUSR2] and preemption.requested_signal() == signal.SIGUSR2
-    assert preemption.should_stop(torch.device("cpu"))
+    assert _poll(torch.device("cpu")) == signal.SIGUSR2
     error = preemption.TrainingPreempted(41, signal.SIGUSR2)
     assert str(error) == "stopped after iteration 41 on signal SIGUSR2"
+
+
+def test_stop_signals_are_recorded_only_inside_the_block(usr2_restored):
+    before = signal.getsignal(signal.SIGTERM)
+    with preemption.handle_stop_signals(signal.SIGTERM, signal.SIGINT):
+        os.kill(os.getpid(), signal.SIGINT)  # no KeyboardInterrupt: a request
+        assert _poll(torch.device("cpu")) == signal.SIGINT
+    assert preemption.requested_signal() is None
+    assert signal.getsignal(signal.SIGTERM) is before and signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 def _agree(rank: int, port: int, results: "mp.SimpleQueue") -> None:
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     cpu = torch.device("cpu")
-    before = preemption.should_stop(cpu)
+    before = _poll(cpu)
     if rank == 1:
-        preemption.request_stop(signal.SIGUSR2)
-    after = preemption.should_stop(cpu)
+        preemption.request_stop(signal.SIGTERM)
+    after = _poll(cpu)
     results.put((rank, before, after, preemption.requested_signal()))
     dist.destroy_process_group()
 
@@ -140,7 +157,7 @@ def test_one_rank_signalled_stops_every_rank_at_the_same_iteration():
     results = mp.get_context("spawn").SimpleQueue()
     mp.spawn(_agree, args=(distributed.free_port(), results), nprocs=2)
     outcome = sorted(results.get() for _ in range(2))
-    assert outcome == [(0, False, True, signal.SIGUSR2), (1, False, True, signal.SIGUSR2)]
+    assert outcome == [(0, None, signal.SIGTERM, signal.SIGTERM), (1, None, signal.SIGTERM, signal.SIGTERM)]
 
 
 def test_run_or_submit_checks_then_runs_here_without_submit():
