@@ -1,6 +1,6 @@
 """DINOv2 multi-crop augmentation: 2 global crops + N local crops per image.
 
-Parameters are the official ones (spec section 5.1): RandomResizedCrop (ratio 3/4-4/3, bicubic) and a
+Parameters are the official DINOv2 ones: RandomResizedCrop (ratio 3/4-4/3, bicubic) and a
 horizontal flip, then per crop ColorJitter(0.4, 0.4, 0.2, 0.1) with p=0.8, grayscale p=0.2, Gaussian
 blur (kernel 9, sigma 0.1-2.0) with a per-crop probability, solarisation p=0.2 on the second global crop
 only, and ImageNet normalisation.

@@ -17,7 +17,7 @@ Checkpoint layout (`<output_dir>/`): `model_{iteration:07d}.pth` every `save_che
 state dict (keys classifiers_dict.<name>.linear.{weight,bias}), "optimizer", "scheduler", "iteration"}`, and the
 text file `last_checkpoint` names the newest. A run resumes from it unless `resume=False`.
 
-Changes from the official code (spec 12.1 item 15 and others):
+Changes from the official code:
 * Resuming advances the train sampler by `start_iter * batch_size` samples of the rank's stream; official passes
   `start_iter` (iterations counted as samples), so a resumed run saw almost the same images again.
   The data order of a resumed run now equals the uninterrupted one (the random augmentations still differ).

@@ -1,6 +1,6 @@
 """MaskCut on images with the project's ViT: resize, last-block features, iterated NCut, optional CRF.
 
-Per image (spec `shared/spec/eval_protocols.md` section 2.2): resize to fixed_size x fixed_size with
+Per image (CutLER's MaskCut, see docs/maskcut.md): resize to fixed_size x fixed_size with
 LANCZOS (aspect ratio not kept), ImageNet normalisation, last-block key features (or q / v / kqv / the
 final patch tokens), `ncut_patch_masks`, nearest upsampling to fixed_size with earlier masks subtracted,
 optional dense CRF with the IoU filter, then each mask resized back to the original size (bicubic on a

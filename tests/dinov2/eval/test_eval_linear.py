@@ -1,12 +1,14 @@
 import json
 import logging
 
+import numpy as np
 import pytest
 import torch
 from eval_cli_args import DIGITS_ARGS, SMALL_IMAGES
 from test_eval_knn import load_tool
 from torch.utils.data import Dataset
 
+from dinov2.data import make_classification_eval_transform
 from dinov2.eval.linear import (
     EvalDataset,
     LinearClassifier,
@@ -216,3 +218,21 @@ def test_more_blocks_than_the_backbone_has_is_refused(tiny_vit, tmp_path) -> Non
     with pytest.raises(ValueError, match=r"--n-last-blocks \[1, 4\] asks for more blocks than the backbone's 2"):
         eval_linear(tiny_vit, ColourBlocks(1, seed=0), val, settings=settings_for_toy(n_last_blocks_list=(1, 4)),
                     output_dir=str(tmp_path), device=CPU)  # fmt: skip
+
+
+def test_train_augmentation_none_trains_on_the_evaluation_view() -> None:
+    """`--train-augmentation none` gives the training images the deterministic evaluation transform; the official
+    random-resized crops + flips differ from call to call."""
+    from PIL import Image
+
+    tool = load_tool("eval_linear")
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 48, 3), dtype=np.uint8))
+    flags = ["--arch", "vit_tiny", *DIGITS_ARGS, "--output-dir", "unused", "--resize-size", "32", "--crop-size", "32"]
+    plain = tool.make_train_transform(tool.get_args_parser().parse_args([*flags, "--train-augmentation", "none"]))
+    reference = make_classification_eval_transform(resize_size=32, crop_size=32)(image)
+    torch.testing.assert_close(plain(image), reference, rtol=0, atol=0)
+    torch.manual_seed(0)
+    augmented = tool.make_train_transform(tool.get_args_parser().parse_args(flags))
+    views = [augmented(image) for _ in range(4)]
+    assert views[0].shape == reference.shape
+    assert any(not torch.equal(view, reference) for view in views) and not torch.equal(views[0], views[1])

@@ -1,4 +1,4 @@
-"""Hub constructors build the released architectures (spec 11.1) and load local weights only."""
+"""Hub constructors build the released architectures (official DINOv2 hubconf) and load local weights only."""
 
 import importlib.util
 import pathlib

@@ -195,6 +195,114 @@ def test_bad_image_counter_is_logged(tmp_path):
     assert records[-1]["last"]["bad_image_fraction"] == pytest.approx(1 / 8)  # distinct files: 1 failed of 8 read
 
 
+SIMDINOV2_TINY = ROOT / "configs" / "tiny" / "simdinov2_test.yaml"
+
+
+@pytest.mark.parametrize(
+    ("config", "log_period", "found_at"),
+    [(SIMDINOV2_TINY, 1, None), (TINY, 5, 3), (SIMDINOV2_TINY, 5, 3)],
+    ids=["simdinov2-log-every-step", "dinov2-log-every-5", "simdinov2-log-every-5"],
+)
+def test_diverging_run_ends_in_non_finite_error_naming_iteration_and_terms(config, log_period, found_at, tmp_path):
+    from simdinov2.train.build import build_meta_arch
+
+    # base_lr 1e6 (the fault probe): the first non-finite step is iteration 2 for both objectives. With a log
+    # period of 5 the loop reads the device at iterations 0, 1 and 3 (checkpoints every 2): found at 3, before
+    # model_0000003 is written.
+    argv = ["--config-file", str(config), "--output-dir", str(tmp_path), "optim.base_lr=1e6", "optim.epochs=6",
+            "checkpointing.period_iterations=2", f"train.log_period_iterations={log_period}"]  # fmt: skip
+    with pytest.raises(NonFiniteLossError) as error:
+        main(get_args_parser().parse_args(argv), meta_arch_factory=build_meta_arch)
+    message = str(error.value)
+    assert re.search(r"non-finite loss at iteration 2: .*total_loss=nan", message), message
+    loss_term = "dino_mcr_loss" if config == SIMDINOV2_TINY else "dino_global_crops_loss"
+    assert f"{loss_term}=nan" in message
+    assert (f"found at iteration {found_at}" in message) == (found_at is not None), message
+    assert (tmp_path / "checkpoints" / "last_checkpoint").read_text() == "model_0000001"
+    assert "model_0000001, is untouched" in message
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["last_checkpoint", "model_0000001"]
+
+
+# 12 iterations logged on each one (tiny recipe), no periodic checkpoint: a stop request saves at the next iteration.
+SIGNAL_OPTS = ["optim.epochs=6", "checkpointing.period_iterations=0", "evaluation.eval_period_iterations=0"]
+
+
+@pytest.fixture(scope="module")
+def signal_reference(tmp_path_factory) -> pathlib.Path:
+    output_dir = tmp_path_factory.mktemp("signal_reference")
+    run_main(output_dir, *SIGNAL_OPTS)
+    return output_dir
+
+
+def stop_training_subprocess(output_dir: pathlib.Path, signum: int, *opts: str) -> tuple[int, str]:
+    """Start tools/train.py, send `signum` to its process group once iteration 1 is logged; (exit code, output)."""
+    command = [sys.executable, str(ROOT / "tools" / "train.py"), "--config-file", str(TINY),
+               "--output-dir", str(output_dir), *RUN_OPTS, *SIGNAL_OPTS, *opts]  # fmt: skip
+    # a session of its own: the signal goes to the whole process group, data-loader workers included, as Ctrl-C
+    # in a terminal and SLURM's scancel do
+    process = subprocess.Popen(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, start_new_session=True)  # fmt: skip
+    metrics = output_dir / "training_metrics.json"
+    deadline = time.time() + 240
+    while process.poll() is None and time.time() < deadline:
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 2:
+            break
+        time.sleep(0.02)
+    os.killpg(process.pid, signum)
+    stdout, stderr = process.communicate(timeout=240)
+    return process.returncode, stdout.decode() + stderr.decode()
+
+
+@pytest.mark.parametrize(
+    ("signum", "exit_code", "num_workers"),
+    [(signal.SIGTERM, 143, 0), (signal.SIGINT, 130, 0), (signal.SIGINT, 130, 2)],
+    ids=["TERM", "INT", "INT-workers"],
+)
+def test_signal_saves_logs_exits_and_resumes_on_the_uninterrupted_loss_curve(
+    signal_reference, tmp_path, signum, exit_code, num_workers
+):
+    output_dir = tmp_path / "stopped"
+    returncode, log = stop_training_subprocess(output_dir, signum, f"train.num_workers={num_workers}")
+    name = signal.Signals(signum).name
+    assert returncode == exit_code, log[-3000:]
+    assert "Traceback" not in log, log[-3000:]
+    stopped_at = int(re.search(rf"training stopped after iteration (\d+) on signal {name}", log)[1])
+    assert stopped_at < 11, "the run finished before the signal"
+    assert f"stop requested by {name}: saved {output_dir}/checkpoints/model_{stopped_at:07d}" in log
+    assert "rerun the same command to resume" in log
+    assert (output_dir / "checkpoints" / "last_checkpoint").read_text() == f"model_{stopped_at:07d}"
+    if num_workers:
+        return  # augmentations drawn in workers do not resume their random streams: not comparable (see docs)
+
+    run_main(output_dir, *SIGNAL_OPTS)
+    reference, resumed = losses_by_iteration(signal_reference), losses_by_iteration(output_dir)
+    assert sorted(resumed) == list(range(12))
+    for iteration in range(12):
+        for metric in ("total_loss", "dino_local_crops_loss", "ibot_loss", "koleo_loss", "backbone_grad_norm"):
+            assert resumed[iteration][metric] == pytest.approx(reference[iteration][metric], rel=1e-6), (
+                iteration,
+                metric,
+            )
+
+
+def test_second_ctrl_c_exits_at_once():
+    script = (
+        "import os, signal, time\n"
+        "from dinov2.run import preemption\n"
+        "with preemption.handle_stop_signals(signal.SIGTERM, signal.SIGINT):\n"
+        "    os.kill(os.getpid(), signal.SIGINT)\n"
+        "    time.sleep(0.1)\n"
+        "    os.kill(os.getpid(), signal.SIGINT)\n"
+        "    time.sleep(30)\n"
+        "print('not reached')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})  # fmt: skip
+    assert result.returncode == 130, result.stderr
+    assert "received SIGINT again: exiting now" in result.stderr and "not reached" not in result.stdout
+    assert "Traceback" not in result.stderr
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Continued pretraining: student.pretrained_weights and student.freeze_backbone_epochs
 # ---------------------------------------------------------------------------------------------------------
