@@ -42,11 +42,11 @@ from torch.utils.data import Subset  # noqa: E402
 from dinov2.data import DataAugmentationDINO, make_dataset  # noqa: E402
 from dinov2.data.transforms import make_classification_eval_transform  # noqa: E402
 from dinov2.eval.knn import knn_classify  # noqa: E402
+from dinov2.train.schedulers import build_schedulers  # noqa: E402
 from dinov2.train.train import (  # noqa: E402
     apply_optim_scheduler,
     build_data_loader,
     build_optimizer,
-    build_schedulers,
     clip_and_step,
     fix_random_seeds,
     get_params_groups,
@@ -151,12 +151,13 @@ def train(
             wd=schedules.wd[iteration],
             last_layer_lr=schedules.last_layer_lr[iteration],
         )
+        model.set_loss_parameters(**schedules.loss_parameters(iteration))
         model.set_backbone_frozen(iteration < freeze_iters)
         optimizer.zero_grad(set_to_none=True)
         _, metrics = model.forward_backward(next(loader), schedules.teacher_temp[iteration])
         if not torch.isfinite(metrics["total_loss"]):
             raise FloatingPointError(f"non-finite loss at step {iteration}")
-        clip_and_step(model, optimizer, cfg.optim.clip_grad)
+        clip_and_step(model, optimizer, schedules.clip_grad[iteration])
         model.update_teacher(schedules.momentum[iteration])
     return model, rows
 
