@@ -1,6 +1,7 @@
 # Two commands do all set-up on a fresh machine:
 #   make demo   creates .venv, installs, runs the CPU demo
-#   make test   creates .venv, installs, runs the test suite
+#   make test   creates .venv, installs, runs the test suite (with the local SLURM cluster up when
+#               this machine allows it: see .ci/with_local_slurm)
 VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 SYSTEM_PYTHON ?= python3
@@ -20,7 +21,7 @@ demo: install
 	$(PYTHON) tools/demo.py
 
 test: install
-	$(PYTHON) -m pytest -q tests
+	bash .ci/with_local_slurm $(PYTHON) -m pytest -q -rs tests
 
 lint: install
 	$(VENV)/bin/ruff check dinov2 simdinov2 eval tools tests benchmarks

@@ -1,4 +1,8 @@
-"""torch.hub entry points: `torch.hub.load("<this repo>", "dinov2_vitl14", source="local", weights=PATH)`."""
+"""torch.hub entry points, e.g. `torch.hub.load("<this repo>", "dinov2_vitl14", source="local", weights=PATH)`.
+
+`simdinov2_vitb16` / `simdino_vitb16` (and the ViT-L variants) load the SimDINO releases from a local file;
+`training_run(run_dir)` loads the teacher of a run of this project.
+"""
 
 from dinov2.hub.backbones import (
     dinov2_vitb14,
@@ -9,6 +13,11 @@ from dinov2.hub.backbones import (
     dinov2_vitl14_reg,
     dinov2_vits14,
     dinov2_vits14_reg,
+    simdino_vitb16,
+    simdino_vitl16,
+    simdinov2_vitb16,
+    simdinov2_vitl16,
+    training_run,
 )
 
 dependencies = ["torch"]
@@ -22,4 +31,9 @@ __all__ = [
     "dinov2_vitl14_reg",
     "dinov2_vits14",
     "dinov2_vits14_reg",
+    "simdino_vitb16",
+    "simdino_vitl16",
+    "simdinov2_vitb16",
+    "simdinov2_vitl16",
+    "training_run",
 ]

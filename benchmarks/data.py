@@ -29,7 +29,7 @@ import torch
 from PIL import Image
 from torchvision import transforms
 
-from dinov2.data import DataAugmentationDINO
+from dinov2.data import DataAugmentationDINO, decode_image, to_rgb
 from dinov2.data.loaders import tune_allocator_for_data_workers
 
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "camera", "coins", "immunohistochemistry", "hubble_deep_field")
@@ -41,7 +41,7 @@ def load_photos() -> list[bytes]:
 
     encoded = []
     for name in PHOTOS:
-        image = Image.fromarray(getattr(skimage.data, name)()).convert("RGB")
+        image = to_rgb(Image.fromarray(getattr(skimage.data, name)()))
         buffer = io.BytesIO()
         image.save(buffer, format="JPEG", quality=90)
         encoded.append(buffer.getvalue())
@@ -92,7 +92,7 @@ def time_round(pipeline: Callable[[Any], Any], photos: list[bytes], repeats: int
     start = time.perf_counter()
     for _ in range(repeats):
         for data in photos:
-            pipeline(Image.open(io.BytesIO(data)).convert("RGB"))
+            pipeline(decode_image(data))
     return time.perf_counter() - start
 
 

@@ -6,7 +6,7 @@
 
 Training is `dinov2.train.train.main` with `simdinov2.train.build.build_meta_arch` (exactly what
 `tools/train.py` runs); the recipe's `evaluation.eval_period_iterations` sets which teacher exports are
-evaluated. Protocol of spec anchor_digits.md: teacher `x_norm_clstoken` of the un-augmented 32x32 images
+evaluated. Protocol (docs/simdinov2.md): teacher `x_norm_clstoken` of the un-augmented 32x32 images
 (ImageNet normalisation), weighted k-NN (cosine, k = 20, weights exp(s / 0.07)), Digits TRAIN (1400) ->
 VAL (397), plain accuracy; effective rank = exp(entropy of the normalised singular values) of the
 uncentred (centred) VAL features. Step 0 is the random-init teacher, rebuilt with the run's seed in the

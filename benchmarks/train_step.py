@@ -8,9 +8,12 @@
     # Two configs alternated in one run, printing B / A ratios
     python benchmarks/train_step.py --compare configs/tiny/dinov2_digits.yaml OTHER.yaml
 
-Batches are synthetic (random crops, real iBOT masks from the collate function) so that only the step is
-timed. CUDA memory is the peak allocated during the measured steps of each config (reset in between);
-CPU memory is the peak resident set size of a fresh child process that runs that config alone.
+TF32 is set by the training's own `allow_tf32_matmuls`. MFU divides by the dense peak of the exact GPU
+model at the precision the matmuls run in (benchmarks/peak_flops.py: bf16 / fp16, or TF32 for fp32); an
+unknown GPU prints MFU as unknown, and `--peak-tflops` sets the peak. Batches are synthetic (random crops,
+real iBOT masks from the collate function) so that only the step is timed. CUDA memory is the peak
+allocated during the measured steps of each config (reset in between); CPU memory is the peak resident
+set size of a fresh child process that runs that config alone.
 `META_ARCH_FACTORY` builds the meta-architecture that the config selects (simdinov2's `build_meta_arch`).
 """
 
@@ -28,10 +31,12 @@ import torch  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
+from benchmarks.peak_flops import compute_precision, peak_flops  # noqa: E402
 from dinov2 import distributed  # noqa: E402
 from dinov2.data import MaskingGenerator, collate_data_and_cast  # noqa: E402
 from dinov2.train.ssl_meta_arch import SSLMetaArch  # noqa: E402
 from dinov2.train.train import (  # noqa: E402
+    allow_tf32_matmuls,
     apply_optim_scheduler,
     build_model,
     build_optimizer,
@@ -45,9 +50,6 @@ from simdinov2.train.build import build_meta_arch  # noqa: E402
 
 # DINOv2 or SimDINO(v2), as the config selects (dino.use_mcr / ibot.use_mcr).
 META_ARCH_FACTORY: Callable[[DictConfig], SSLMetaArch] = build_meta_arch
-
-# Dense bf16 / fp16 tensor-core peak of one GPU, FLOP/s (vendor data sheets, SXM parts).
-PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12}
 
 PRECISION_KEYS = [
     f"compute_precision.{role}.{key}.mixed_precision.{field}"
@@ -133,13 +135,6 @@ def median(values: list[float]) -> float:
     return ordered[len(ordered) // 2]
 
 
-def peak_flops(device: torch.device, override_tflops: float | None) -> float | None:
-    if override_tflops is not None:
-        return override_tflops * 1e12
-    name = torch.cuda.get_device_name(device)
-    return next((flops for key, flops in PEAK_FLOPS.items() if key in name), None)
-
-
 def measure_one(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     runner = StepRunner(args.config_file, [*precision_overrides(args.precision), *args.opts], device)
     runner.timed_steps(args.warmup)
@@ -158,8 +153,16 @@ def measure_one(args: argparse.Namespace, device: torch.device) -> dict[str, Any
         result["peak_memory_GiB"] = torch.cuda.max_memory_allocated(device) / 2**30
         flops = runner.flops_per_step()
         result["tflops_per_step"] = flops / 1e12
-        peak = peak_flops(device, args.peak_tflops)
-        result["mfu"] = flops / median(times) / peak if peak is not None else None
+        # the precision the student's matmuls run in: its compute dtype, fp32 on TF32 cores as training sets it
+        precision = compute_precision(input_dtype(runner.model), tf32=torch.backends.cuda.matmul.allow_tf32)
+        name = torch.cuda.get_device_name(device)
+        peak = args.peak_tflops * 1e12 if args.peak_tflops is not None else peak_flops(name, precision)
+        result["mfu_precision"] = precision
+        result["mfu"] = (
+            flops / median(times) / peak
+            if peak is not None
+            else f"unknown: no {precision} peak for {name!r} in benchmarks/peak_flops.py; pass --peak-tflops"
+        )
     else:
         result["peak_rss_GiB"] = peak_rss_gib()
     return result
@@ -223,13 +226,19 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5, help="measured steps (per config)")
     parser.add_argument("--warmup", type=int, default=2, help="unmeasured steps first")
     parser.add_argument("--precision", choices=["config", "fp32", "bf16", "fp16"], default="config")
-    parser.add_argument("--peak-tflops", type=float, default=None, help="device peak for MFU (default by GPU name)")
+    parser.add_argument(
+        "--peak-tflops",
+        type=float,
+        default=None,
+        help="dense device peak (TFLOP/s) for MFU; default: benchmarks/peak_flops.py by exact GPU name and precision",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON line instead of a table")
     parser.add_argument("opts", nargs="*", help="config overrides key=value, applied to every config")
     args = parser.parse_args()
     if (args.config_file is None) == (args.compare is None):
         parser.error("give exactly one of --config-file FILE or --compare FILE_A FILE_B")
     environment = distributed.enable()
+    allow_tf32_matmuls()  # the training's own setting (dinov2.train.train.setup)
     if args.compare:
         compare(args, environment.device)
         return

@@ -49,7 +49,11 @@ N_ATTENTION_IMAGES = 8
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--output-dir", default=str(REPO / "demo_output"), help="where runs and report go")
+    parser.add_argument(
+        "--output-dir",
+        default=str(REPO / "demo_output"),
+        help="where runs and report go (default: demo_output/ in the repository)",
+    )
     parser.add_argument("--iters", type=int, default=200, help="training steps per recipe (a multiple of 10)")
     parser.add_argument("--dinov2-config", default=str(DINOV2_RECIPE), help="DINOv2 recipe")
     parser.add_argument("--simdinov2-config", default=str(SIMDINOV2_RECIPE), help="SimDINOv2 recipe")

@@ -17,7 +17,7 @@ import sys
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # a checkout runs without installing
 
 from dinov2.data import make_classification_eval_transform, make_dataset  # noqa: E402
-from dinov2.eval.cli import add_eval_args, setup_eval  # noqa: E402
+from dinov2.eval.cli import add_eval_args, check_eval_args, setup_eval  # noqa: E402
 from dinov2.eval.knn import DEFAULT_NB_KNN, DEFAULT_TEMPERATURE, eval_knn  # noqa: E402
 from dinov2.run.submit import add_submit_args, run_or_submit  # noqa: E402
 
@@ -69,7 +69,7 @@ def main(args: argparse.Namespace) -> dict[str, float]:
 
 if __name__ == "__main__":
     args = get_args_parser().parse_args()
-    results = run_or_submit(main, args, name="dinov2:eval_knn", echo=print)
+    results = run_or_submit(main, args, name="dinov2:eval_knn", check=check_eval_args, echo=print)
     if not args.submit:
         for key, value in results.items():
             print(f"{key}: {value:.2f}")

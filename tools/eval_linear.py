@@ -14,6 +14,7 @@ checkpoint in --output-dir unless --no-resume.
 import argparse
 import pathlib
 import sys
+from typing import Callable
 
 import numpy as np
 import torch
@@ -21,7 +22,7 @@ import torch
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # a checkout runs without installing
 
 from dinov2.data import make_classification_eval_transform, make_classification_train_transform, make_dataset  # noqa: E402
-from dinov2.eval.cli import add_eval_args, setup_eval  # noqa: E402
+from dinov2.eval.cli import add_eval_args, check_eval_args, setup_eval  # noqa: E402
 from dinov2.eval.linear import (
     DEFAULT_LEARNING_RATES,
     DEFAULT_N_LAST_BLOCKS,
@@ -33,6 +34,7 @@ from dinov2.eval.metrics import METRIC_TYPES, check_metric_type  # noqa: E402
 from dinov2.run.submit import add_submit_args, run_or_submit  # noqa: E402
 
 AVGPOOL_CHOICES = {"both": (False, True), "off": (False,), "on": (True,)}
+TRAIN_AUGMENTATIONS = ("random-resized-crop", "none")
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -51,7 +53,20 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     group.add_argument(
         "--eval-period-iterations", type=int, default=defaults.eval_period_iterations, help="0: at the end only"
     )
-    group.add_argument("--learning-rates", type=float, nargs="+", default=list(DEFAULT_LEARNING_RATES))
+    group.add_argument(
+        "--learning-rates",
+        type=float,
+        nargs="+",
+        default=list(DEFAULT_LEARNING_RATES),
+        help="base lrs of the head grid, each scaled by batch x processes / 256 (default: the official 1e-5 ... 0.1)",
+    )
+    group.add_argument(
+        "--train-augmentation",
+        choices=TRAIN_AUGMENTATIONS,
+        default="random-resized-crop",
+        help="training images: the official RandomResizedCrop (scale 0.08-1) + horizontal flip, or none: the "
+        "evaluation transform (for tiny images such as 32 px digits, whose content those crops destroy)",
+    )
     group.add_argument(
         "--n-last-blocks", type=int, nargs="+", default=list(DEFAULT_N_LAST_BLOCKS), help="CLS of the last n blocks"
     )
@@ -88,10 +103,25 @@ def _per_test(values: list[str] | None, n_tests: int, default: str | None, flag:
     return list(values)
 
 
+def make_train_transform(args: argparse.Namespace) -> Callable:
+    """The transform of the training images named by `--train-augmentation` (PIL image -> [3, crop, crop])."""
+    if args.train_augmentation == "random-resized-crop":
+        return make_classification_train_transform(crop_size=args.crop_size)
+    return make_classification_eval_transform(resize_size=args.resize_size, crop_size=args.crop_size)
+
+
+def check(args: argparse.Namespace) -> None:
+    """The flags, checked before evaluating or submitting (see `dinov2.eval.cli.check_eval_args`)."""
+    check_eval_args(args, extra_datasets=args.test_datasets)
+    n_tests = len(args.test_datasets)
+    _per_test(args.test_metric_types, n_tests, args.val_metric_type, "--test-metric-types")
+    _per_test(args.test_class_mapping_fpaths, n_tests, None, "--test-class-mapping-fpaths")
+
+
 def main(args: argparse.Namespace) -> dict:
     setup = setup_eval(args)
-    train_transform = make_classification_train_transform(crop_size=args.crop_size)
     eval_transform = make_classification_eval_transform(resize_size=args.resize_size, crop_size=args.crop_size)
+    train_transform = make_train_transform(args)
     train_dataset = make_dataset(dataset_str=args.train_dataset, transform=train_transform)
     val = EvalDataset(
         name=args.val_dataset,
@@ -141,6 +171,6 @@ def main(args: argparse.Namespace) -> dict:
 
 if __name__ == "__main__":
     args = get_args_parser().parse_args()
-    results = run_or_submit(main, args, name="dinov2:eval_linear", echo=print)
+    results = run_or_submit(main, args, name="dinov2:eval_linear", check=check, echo=print)
     if not args.submit:
         print(f"best classifier: {results['best_classifier']}")

@@ -20,7 +20,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # a checko
 
 from dinov2.data import make_classification_eval_transform, make_dataset  # noqa: E402
 from dinov2.distributed import is_main_process  # noqa: E402
-from dinov2.eval.cli import add_eval_args, setup_eval  # noqa: E402
+from dinov2.eval.cli import add_eval_args, check_eval_args, setup_eval  # noqa: E402
 from dinov2.eval.log_regression import DEFAULT_C_VALUES, DEFAULT_MAX_ITER, eval_log_regression  # noqa: E402
 from dinov2.eval.metrics import METRIC_TYPES  # noqa: E402
 from dinov2.eval.utils import extract_features  # noqa: E402
@@ -47,6 +47,12 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     group.add_argument("--backend", choices=["auto", "sklearn", "cuml"], default="auto")
     add_submit_args(parser)
     return parser
+
+
+def check(args: argparse.Namespace) -> None:
+    """The flags, checked before evaluating or submitting (see `dinov2.eval.cli.check_eval_args`)."""
+    finetune = [args.finetune_dataset_str] if args.finetune_dataset_str is not None else []
+    check_eval_args(args, extra_datasets=finetune)
 
 
 def main(args: argparse.Namespace) -> dict[str, float]:
@@ -84,7 +90,7 @@ def main(args: argparse.Namespace) -> dict[str, float]:
 
 if __name__ == "__main__":
     args = get_args_parser().parse_args()
-    results = run_or_submit(main, args, name="dinov2:eval_logreg", echo=print)
+    results = run_or_submit(main, args, name="dinov2:eval_logreg", check=check, echo=print)
     if not args.submit:
         for key, value in results.items():
             print(f"{key}: {value}")

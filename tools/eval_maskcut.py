@@ -21,18 +21,24 @@ import sys
 import time
 from typing import Any, Sequence, get_args
 
+import torch
 from PIL import Image
 
-from dinov2.eval.setup import add_backbone_args, backbone_from_args
+from dinov2.data.decoding import decode_image
+from dinov2.eval.setup import add_backbone_args, backbone_from_args, check_backbone_args
 from dinov2.logging import setup_logging
 from dinov2.run.submit import add_submit_args, run_or_submit
 from dinov2.utils.device import default_device
 from eval.maskcut import MaskCut, evaluate_class_agnostic, masks_to_coco_results, overlay_masks, sort_results
 from eval.maskcut.maskcut import FeatureName
+from eval.maskcut.ncut import estimate_eigensolve_seconds
 
 logger = logging.getLogger("tools.eval_maskcut")
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+# above this many patches per image the dense eigen-solves dominate (one solve of 1,024 patches takes
+# under a second on one CPU core, 3,600 patches about 40 times longer) and the run warns with an estimate
+SLOW_PATCH_COUNT = 1024
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -73,8 +79,7 @@ def _open_image(images_dir: pathlib.Path, record: dict[str, Any]) -> Image.Image
     path = images_dir / record["file_name"]
     if not path.is_file():
         raise FileNotFoundError(f"image {path} (id {record['id']}) listed in --annotations is missing from --images")
-    with Image.open(path) as opened:
-        image = opened.convert("RGB")
+    image = decode_image(path)
     expected = (record.get("width"), record.get("height"))
     if None not in expected and image.size != expected:
         raise ValueError(
@@ -94,26 +99,39 @@ def _discover_objects(
     n_vis: int,
     vis_dir: pathlib.Path,
 ) -> list[dict[str, Any]]:
-    """MaskCut over the images in batches; COCO results in record order, overlays for the first n_vis images."""
+    """MaskCut over the images in batches; COCO results in record order, overlays for the first n_vis images.
+
+    Logs a line per image with its own time: images of one batch share the forward pass and the batched
+    eigen-solves, so each is given an equal share of its batch's time (with --batch-size 1, the image's time).
+    """
     results: list[dict[str, Any]] = []
     n_done = 0
+    n_batches = (len(records) + batch_size - 1) // batch_size
     start = time.perf_counter()
-    for first in range(0, len(records), batch_size):
+    for batch_index, first in enumerate(range(0, len(records), batch_size)):
+        batch_start = time.perf_counter()
         batch_records = records[first : first + batch_size]
+        if n_batches > 1:
+            logger.info("batch %d/%d: images %d-%d", batch_index + 1, n_batches, first + 1, first + len(batch_records))
         images = [_open_image(images_dir, record) for record in batch_records]
         batch_masks = maskcut(images)
+        image_seconds = (time.perf_counter() - batch_start) / len(batch_records)
         for record, image, masks in zip(batch_records, images, batch_masks, strict=True):
             image_results = masks_to_coco_results(record["id"], masks)
             results.extend(image_results)
             n_done += 1
+            elapsed = time.perf_counter() - start
             logger.info(
-                "[%d/%d] image %s (%s): %d masks, %.2f s/image",
+                "[%d/%d] image %s (%s): %d masks in %.2f s%s; elapsed %s, eta %s",
                 n_done,
                 len(records),
                 record["id"],
                 record["file_name"],
                 len(image_results),
-                (time.perf_counter() - start) / n_done,
+                image_seconds,
+                f" (1/{len(batch_records)} of its batch)" if len(batch_records) > 1 else "",
+                _clock(elapsed),
+                _clock(elapsed / n_done * (len(records) - n_done)),
             )
             if n_done <= n_vis:
                 vis_dir.mkdir(exist_ok=True)
@@ -121,16 +139,66 @@ def _discover_objects(
     return results
 
 
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(int(round(seconds)), 60)
+    return f"{minutes // 60}:{minutes % 60:02d}:{secs:02d}"
+
+
+def warn_if_slow(maskcut: MaskCut, *, device: torch.device, n_images: int) -> float | None:
+    """Warn before the run when the patch grid makes the eigen-solves slow; returns the estimate (s per image).
+
+    Above `SLOW_PATCH_COUNT` patches, one solve is timed at that size on `device` and scaled by the cubic cost
+    (`eval.maskcut.ncut.estimate_eigensolve_seconds`); None below it.
+    """
+    n_patches = maskcut.grid_size[0] * maskcut.grid_size[1]
+    if n_patches <= SLOW_PATCH_COUNT:
+        return None
+    per_image = maskcut.n_masks * estimate_eigensolve_seconds(n_patches, device, calibration_size=SLOW_PATCH_COUNT)
+    smaller = max(maskcut.patch_size, maskcut.fixed_size // 2 // maskcut.patch_size * maskcut.patch_size)
+    speedup = (maskcut.fixed_size / smaller) ** 6
+    logger.warning(
+        "--fixed-size %d at patch size %d gives %d patches: the eigen-solves take up to about %.0f s per image here "
+        "(%d masks x a dense %d x %d solve; ~%s for %d images). Lower --fixed-size to go faster, e.g. "
+        "--fixed-size %d (%d patches, ~%.0fx faster); the cost grows with the cube of the patch count.",
+        maskcut.fixed_size,
+        maskcut.patch_size,
+        n_patches,
+        per_image,
+        maskcut.n_masks,
+        n_patches,
+        n_patches,
+        _clock(per_image * n_images),
+        n_images,
+        smaller,
+        (smaller // maskcut.patch_size) ** 2,
+        speedup,
+    )
+    return per_image
+
+
+def check(args: argparse.Namespace) -> None:
+    """The inputs, checked before anything runs or is submitted: --images, --annotations, the counts and the
+    backbone flags. Raises FileNotFoundError / ValueError naming the flag."""
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.max_images is not None and args.max_images < 1:
+        raise ValueError(f"--max-images must be >= 1, got {args.max_images}")
+    if not pathlib.Path(args.images).is_dir():
+        raise FileNotFoundError(f"--images {args.images} is not a folder")
+    if args.annotations is not None and not pathlib.Path(args.annotations).is_file():
+        raise FileNotFoundError(f"--annotations {args.annotations} is not a file")
+    check_backbone_args(args)
+
+
 def main(args: argparse.Namespace) -> dict[str, Any]:
-    """Run MaskCut over the images, write results / metrics / overlays; returns the metrics dict ({} without GT)."""
+    """Run MaskCut over the images, write results / metrics / overlays; returns the metrics dict ({} without GT).
+
+    `args` must have passed `check` (`cli` runs it first).
+    """
     output_dir = pathlib.Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     setup_logging(output_dir)
-    if args.batch_size < 1:
-        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     images_dir = pathlib.Path(args.images)
-    if not images_dir.is_dir():
-        raise FileNotFoundError(f"--images {images_dir} is not a folder")
     annotations = None
     if args.annotations is not None:
         with open(args.annotations) as file:
@@ -160,6 +228,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         args.feature,
         args.crf,
     )
+    warn_if_slow(maskcut, device=device, n_images=len(records))
     results = _discover_objects(
         maskcut, images_dir, records, batch_size=args.batch_size, n_vis=args.vis, vis_dir=output_dir / "vis"
     )
@@ -204,7 +273,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cli(argv: Sequence[str] | None = None) -> int:
-    run_or_submit(main, get_args_parser().parse_args(argv), name="dinov2:eval_maskcut", echo=print)
+    run_or_submit(main, get_args_parser().parse_args(argv), name="dinov2:eval_maskcut", check=check, echo=print)
     return 0
 
 

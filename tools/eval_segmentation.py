@@ -22,10 +22,11 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from dinov2 import distributed
-from dinov2.eval.setup import add_backbone_args, build_backbone_for_eval
+from dinov2.eval.setup import add_backbone_args, build_backbone_for_eval, check_backbone_args
 from dinov2.logging import setup_logging
 from dinov2.run.submit import add_submit_args, run_or_submit
 from eval.segmentation.configs import DEFAULT_CROP_SIZE, OFFICIAL_BATCH_SIZE, OFFICIAL_ITERS, PROTOCOLS, ade20k_config
+from eval.segmentation.layout import check_ade20k_layout
 from eval.segmentation.run import predict_samples, save_head, save_prediction_figure, train_and_evaluate
 
 logger = logging.getLogger("tools.eval_segmentation")
@@ -68,6 +69,19 @@ def _backbone_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         weights=absolute(args.weights),
         opts=list(args.opts),
     )
+
+
+def check(args: argparse.Namespace) -> None:
+    """The inputs, checked before anything is built or submitted: the ADE20K layout at --data-root, the backbone
+    flags (config keys, weights file) and the counts. Raises FileNotFoundError / ValueError naming the flag."""
+    counts = check_ade20k_layout(args.data_root)
+    logger.info("--data-root %s: %d training and %d validation images", args.data_root, *counts.values())
+    check_backbone_args(args)
+    for flag in ("iters", "batch_size", "crop_size", "num_workers", "log_interval"):
+        value = getattr(args, flag)
+        minimum = 0 if flag == "num_workers" else 1
+        if value is not None and value < minimum:
+            raise ValueError(f"--{flag.replace('_', '-')}={value} must be at least {minimum}")
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
@@ -143,7 +157,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cli(argv: Sequence[str] | None = None) -> int:
-    run_or_submit(main, get_args_parser().parse_args(argv), name="dinov2:eval_segmentation", echo=print)
+    run_or_submit(main, get_args_parser().parse_args(argv), name="dinov2:eval_segmentation", check=check, echo=print)
     return 0
 
 

@@ -25,6 +25,7 @@ from PIL import Image  # noqa: E402
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
+from dinov2.data.decoding import decode_image, to_rgb  # noqa: E402
 from dinov2.eval.setup import add_backbone_args, backbone_from_args  # noqa: E402
 from dinov2.models.vision_transformer import DinoVisionTransformer  # noqa: E402
 from dinov2.utils.device import default_device  # noqa: E402
@@ -51,8 +52,8 @@ def load_images(paths: Sequence[str]) -> list[tuple[str, Image.Image]]:
     if not paths:
         from skimage import data
 
-        return [("astronaut", Image.fromarray(data.astronaut()).convert("RGB"))]
-    return [(pathlib.Path(p).stem, Image.open(p).convert("RGB")) for p in paths]
+        return [("astronaut", to_rgb(Image.fromarray(data.astronaut())))]
+    return [(pathlib.Path(p).stem, decode_image(p)) for p in paths]
 
 
 def to_tensor(image: Image.Image, size: int) -> torch.Tensor:

@@ -48,7 +48,7 @@ start_munge() {
 start_accounting() {
   install -d -o mysql -g mysql -m 0755 /run/mysqld
   if ! running /run/mysqld/mysqld.pid; then
-    nohup /usr/sbin/mariadbd --user=mysql --bind-address=127.0.0.1 --socket=/run/mysqld/mysqld.sock \
+    setsid nohup /usr/sbin/mariadbd --user=mysql --bind-address=127.0.0.1 --socket=/run/mysqld/mysqld.sock \
       --pid-file=/run/mysqld/mysqld.pid >/var/log/slurm/mariadb.log 2>&1 &
   fi
   retry 60 mariadb-admin --socket=/run/mysqld/mysqld.sock ping

@@ -21,6 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from dinov2.data.decoding import decode_image, to_rgb  # noqa: E402
 from dinov2.eval.attention_maps import (  # noqa: E402
     attention_overlays,
     save_attention_figure,
@@ -37,16 +38,23 @@ SKIMAGE_PHOTOS = ("astronaut", "chelsea", "coffee")
 def load_images(paths: list[str]) -> list[tuple[str, Image.Image]]:
     """`(name, RGB image)` of each file, or of scikit-image's bundled photos when `paths` is empty."""
     if paths:
-        return [(Path(path).stem, Image.open(path).convert("RGB")) for path in paths]
+        return [(Path(path).stem, decode_image(path)) for path in paths]
     from skimage import data
 
-    return [(name, Image.fromarray(getattr(data, name)()).convert("RGB")) for name in SKIMAGE_PHOTOS]
+    return [(name, to_rgb(Image.fromarray(getattr(data, name)()))) for name in SKIMAGE_PHOTOS]
 
 
-def default_title(weights: str | None) -> str:
-    """The last three parts of the checkpoint path (e.g. `run/eval/training_199/teacher_checkpoint.pth` ->
-    `eval/training_199/teacher_checkpoint.pth`), or "random init"."""
-    return "/".join(Path(weights).parts[-3:]) if weights else "random init"
+def default_title(weights: str | None, config_file: str | None = None) -> str:
+    """The figure title naming what is shown: a training run's teacher export
+    `<run>/eval/training_199/teacher_checkpoint.pth` -> `<run> (training_199 teacher)` (the path is resolved, so
+    a relative one names the run too); any other file -> `<folder>/<file>`; no weights -> `random init`, with
+    the config's folder when one is given."""
+    if not weights:
+        return f"random init ({Path(config_file).resolve().parent.name})" if config_file else "random init"
+    path = Path(weights).resolve()
+    if path.parent.parent.name == "eval" and path.parent.name.startswith("training_"):
+        return f"{path.parents[2].name} ({path.parent.name} teacher)"
+    return f"{path.parent.name}/{path.name}"
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -55,7 +63,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--images", nargs="*", default=[], help="image files (default: scikit-image photos)")
     parser.add_argument("--image-size", type=int, default=224, help="shorter side in pixels before patching")
     parser.add_argument("--output-dir", required=True, help="where the PNGs are written")
-    parser.add_argument("--title", default=None, help="figure title (default: the checkpoint name)")
+    parser.add_argument(
+        "--title",
+        default=None,
+        help="figure title (default: the run and checkpoint, e.g. 'myrun (training_199 teacher)')",
+    )
     return parser
 
 
@@ -67,7 +79,7 @@ def main(args: argparse.Namespace) -> list[Path]:
     model = backbone_from_args(args).to(device)
     images = load_images(args.images)
     overlays = attention_overlays(model, [image for _, image in images], size=args.image_size, device=device)
-    title = args.title or default_title(args.pretrained_weights or args.weights)
+    title = args.title or default_title(args.pretrained_weights or args.weights, args.config_file)
     written = []
     for (name, _), (shown, heat) in zip(images, overlays, strict=True):
         path = output_dir / f"{name}_attention.png"

@@ -12,6 +12,11 @@ class DatasetWithEnumeratedTargets(Dataset):
     def __init__(self, dataset: Dataset) -> None:
         self._dataset = dataset
 
+    @property
+    def bad_images(self) -> Any:
+        """The wrapped dataset's BadImageCounter, or None for datasets without one."""
+        return getattr(self._dataset, "bad_images", None)
+
     def get_image_data(self, index: int) -> bytes:
         return self._dataset.get_image_data(index)  # type: ignore[attr-defined]
 

@@ -1,6 +1,6 @@
 """DINOv2 multi-crop augmentation: 2 global crops + N local crops per image.
 
-Parameters are the official ones (spec section 5.1): RandomResizedCrop (ratio 3/4-4/3, bicubic) and a
+Parameters are the official DINOv2 ones: RandomResizedCrop (ratio 3/4-4/3, bicubic) and a
 horizontal flip, then per crop ColorJitter(0.4, 0.4, 0.2, 0.1) with p=0.8, grayscale p=0.2, Gaussian
 blur (kernel 9, sigma 0.1-2.0) with a per-crop probability, solarisation p=0.2 on the second global crop
 only, and ImageNet normalisation.
@@ -30,6 +30,7 @@ from PIL import Image
 from torch import Tensor
 from torchvision.transforms import RandomResizedCrop
 
+from dinov2.data.decoding import to_rgb
 from dinov2.data.transforms import BatchedPhotometricAugmentation
 
 logger = logging.getLogger(__name__)
@@ -38,7 +39,7 @@ _CROP_RATIO = (3.0 / 4.0, 4.0 / 3.0)
 
 
 def image_to_uint8_tensor(image: Image.Image | Tensor) -> Tensor:
-    """PIL image (any mode, converted to RGB) or uint8 tensor [3, H, W] -> uint8 [1, 3, H, W] (no copy for tensors)."""
+    """PIL image (any mode, through `to_rgb`) or uint8 tensor [3, H, W] -> uint8 [1, 3, H, W] (tensors not copied)."""
     if isinstance(image, Tensor):
         if image.dtype != torch.uint8 or image.ndim != 3 or image.shape[0] != 3:
             raise ValueError(
@@ -46,7 +47,7 @@ def image_to_uint8_tensor(image: Image.Image | Tensor) -> Tensor:
             )
         return image.unsqueeze(0)
     if image.mode != "RGB":
-        image = image.convert("RGB")
+        image = to_rgb(image)
     array = np.array(image)
     # [H, W, 3] memory viewed as [1, 3, H, W] (channels-last strides), the layout of the fast uint8 resize.
     return torch.from_numpy(array).permute(2, 0, 1).unsqueeze(0)

@@ -1,4 +1,4 @@
-"""Batch collation for SSL training: stack the crops and draw the iBOT masks (spec section 4.9)."""
+"""Batch collation for SSL training: stack the crops and draw the iBOT masks (official DINOv2)."""
 
 import logging
 import random

@@ -1,4 +1,4 @@
-"""Dataset strings, `make_dataset` and `make_data_loader` (spec sections 5.3 and 5.6).
+"""Dataset strings, `make_dataset` and `make_data_loader` (as official DINOv2, see docs/data.md).
 
 A dataset string is `Name[:key=value]*`:
 * `ImageNet:split=TRAIN|VAL|TEST:root=DIR:extra=DIR` (metadata from tools/prepare_imagenet.py)
@@ -12,6 +12,7 @@ import ctypes
 import ctypes.util
 import logging
 import os
+import signal
 from enum import Enum
 from typing import Any, Callable
 
@@ -60,6 +61,10 @@ def tune_allocator_for_data_workers(*, threshold_bytes: int = 64 << 20) -> bool:
 
 def _data_worker_init(worker_id: int) -> None:
     tune_allocator_for_data_workers()
+    # Ctrl-C and SLURM's SIGTERM reach every process of the group; the main process stops the run (checkpoint,
+    # dinov2.run.preemption) and shuts the workers down. A worker killed first would abort it instead.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 # Keys each dataset accepts; all of them are required.
@@ -116,6 +121,21 @@ def _check_dir(path: str, key: str, dataset_str: str) -> None:
         raise FileNotFoundError(f"{key}={path!r} in dataset string {dataset_str!r} is not an existing directory")
 
 
+def check_dataset_str(dataset_str: str) -> tuple[str, dict[str, str]]:
+    """`parse_dataset_str`, then the split name and that `root` / `extra` are existing folders; opens no file.
+
+    What `make_dataset` checks before it reads anything, and what `--submit` checks before submitting.
+    """
+    name, kwargs = parse_dataset_str(dataset_str)
+    if "split" in kwargs:
+        split_enum = DigitsSplit if name == "Digits" else ImageNetSplit
+        _parse_split(kwargs["split"], split_enum, dataset_str)
+    for key in ("root", "extra"):
+        if key in kwargs:
+            _check_dir(kwargs[key], key, dataset_str)
+    return name, kwargs
+
+
 def make_dataset(
     *,
     dataset_str: str,
@@ -129,18 +149,15 @@ def make_dataset(
     file-backed datasets; their counter is `dataset.bad_images` (see dinov2/data/datasets/extended.py).
     """
     logger.info('using dataset: "%s"', dataset_str)
-    name, kwargs = parse_dataset_str(dataset_str)
+    name, kwargs = check_dataset_str(dataset_str)
     dataset: Dataset
     common = {"transform": transform, "target_transform": target_transform}
     if name == "Digits":
-        dataset = Digits(split=_parse_split(kwargs["split"], DigitsSplit, dataset_str), **common)
+        dataset = Digits(split=DigitsSplit[kwargs["split"]], **common)
     else:
-        for key in ("root", "extra"):
-            if key in kwargs:
-                _check_dir(kwargs[key], key, dataset_str)
         file_kwargs = {**common, "max_bad_image_fraction": max_bad_image_fraction}
         if name == "ImageNet":
-            split = _parse_split(kwargs["split"], ImageNetSplit, dataset_str)
+            split = ImageNetSplit[kwargs["split"]]
             dataset = ImageNet(split=split, root=kwargs["root"], extra=kwargs["extra"], **file_kwargs)
         elif name == "ImageNet22k":
             dataset = ImageNet22k(root=kwargs["root"], extra=kwargs["extra"], **file_kwargs)
@@ -225,7 +242,8 @@ def make_data_loader(
         persistent_workers: keep workers between iterations; None means "when num_workers > 0".
         rank, world_size: shard of this process; default from the process group (0 and 1 without one).
     Memory is pinned only when CUDA is available. Each worker process tunes the allocator with
-    `tune_allocator_for_data_workers`.
+    `tune_allocator_for_data_workers`. A dataset's `bad_images` record (file-backed datasets) is created here,
+    before the workers start, so that they share it.
     """
     if isinstance(sampler_type, str):
         allowed = [member.value for member in SamplerType]
@@ -238,6 +256,8 @@ def make_data_loader(
         persistent_workers = num_workers > 0
     if persistent_workers and num_workers == 0:
         raise ValueError("persistent_workers=True needs num_workers > 0")
+    # Created now, before worker processes start, so that the workers share one record (fork and spawn alike).
+    getattr(dataset, "bad_images", None)
     sampler = _make_sampler(
         dataset=dataset,
         sampler_type=sampler_type,

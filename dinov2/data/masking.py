@@ -1,4 +1,4 @@
-"""Block-wise (BEiT-style) patch masks for the iBOT objective (spec section 4.9).
+"""Block-wise (BEiT-style) patch masks for the iBOT objective (official DINOv2).
 
 All randomness uses Python's `random` module, as officially; DataLoader seeds it in every worker.
 """
@@ -17,7 +17,7 @@ def default_max_num_patches(global_crops_size: int, patch_size: int) -> int:
 
     The official expression `0.5 * S // p * S // p` evaluates left to right as ((0.5 S) // p * S) // p,
     which agrees for 224/16 (98) and 224/14 (128) but gives 666 instead of 684 for 518/14
-    (spec 12.1 item 3); we use the intended value.
+    (an official DINOv2 bug); we use the intended value.
     """
     n_side = global_crops_size // patch_size
     return int(0.5 * n_side * n_side)

@@ -1,11 +1,11 @@
-"""Samplers that shard an index stream over ranks (spec section 5.6).
+"""Samplers that shard an index stream over ranks (as official DINOv2).
 
 Every sampler takes the rank as `start` and the world size as `step`. The infinite samplers take
 `advance`, the number of samples of *this rank's* stream to skip, so that a run resumed at iteration k
 with B images per rank passes `advance = k * B` and sees exactly the indices the uninterrupted run would
 have seen from iteration k on.
 
-Resume fix (spec 12.1 item 2 and 5.6): officially the training loader is seeded with the start
+Resume fix: officially the training loader is seeded with the start
 iteration and gets `advance = 0`, so a resumed run draws a different order; and
 ShardedInfiniteSampler skips whole passes with `advance // sample_count`, although one pass of a rank
 holds only `sample_count // world_size` samples, so any advance of a pass or more lands at the wrong
@@ -156,7 +156,7 @@ class InfiniteSampler(Sampler[int]):
 
 
 class ShardedInfiniteSampler(Sampler[int]):
-    """Endless stream used for training (spec 5.6).
+    """Endless stream used for training.
 
     A global permutation (seeded with `seed`, identical on every rank) is cut into rank slices
     `perm[rank::W][: sample_count // W]`; pass k of a rank shuffles its slice with the seed

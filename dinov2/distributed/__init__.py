@@ -19,6 +19,8 @@ from typing import Literal, Mapping
 import torch
 import torch.distributed as dist
 
+from dinov2.utils.device import cuda_device_index
+
 logger = logging.getLogger(__name__)
 
 
@@ -120,7 +122,7 @@ def detect_environment(environ: Mapping[str, str] | None = None) -> dict[str, st
 
     Detection order: a complete torchrun set (all six variables) is used as is; otherwise a SLURM task
     (`SLURM_JOB_ID`, `SLURM_PROCID`, `SLURM_NTASKS` set, inside a job step `SLURM_STEP_ID`: srun or submitit)
-    is translated as in spec 8.1; a partial torchrun set is an error naming the variables present and
+    is translated as official DINOv2 does; a partial torchrun set is an error naming the variables present and
     missing; otherwise a plain single process (None: no process group).
     FIX vs official: official checks SLURM first, which breaks torchrun started inside one SLURM task (every
     torchrun child would read SLURM_PROCID=0). FIX: a SLURM batch script outside srun (no job step) with
@@ -175,7 +177,8 @@ def enable(*, backend: Literal["auto", "gloo", "nccl"] = "auto", timeout_s: floa
     - torchrun: the six variables it sets are used as they are.
     - SLURM (`srun`/submitit task): rank, world size and master address come from SLURM's variables and
       are exported, so that libraries reading the torchrun names see them too.
-    The backend is NCCL when CUDA is available (device `cuda:<local_rank>`, made current; gloo is added
+    The backend is NCCL when CUDA is available (device `cuda:<local_rank>`, or `cuda:0` when the process sees
+    one GPU, see `dinov2.utils.device.cuda_device_index`; made current; gloo is added
     for CPU tensors), gloo otherwise (device `cpu`). Returns what was detected; calling it twice is an error.
     """
     global _ENVIRONMENT
@@ -196,7 +199,11 @@ def enable(*, backend: Literal["auto", "gloo", "nccl"] = "auto", timeout_s: floa
         launcher = detected.pop("launcher")
         os.environ.update(detected)
         local_rank = int(detected["LOCAL_RANK"])
-        device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
+        device = (
+            torch.device("cuda", cuda_device_index(local_rank, torch.cuda.device_count()))
+            if use_cuda
+            else torch.device("cpu")
+        )
         if use_cuda:
             torch.cuda.set_device(device)
         dist.init_process_group(

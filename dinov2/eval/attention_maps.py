@@ -11,6 +11,7 @@ from PIL import Image
 from torch import Tensor
 from torchvision.transforms import functional as TF
 
+from dinov2.data.decoding import to_rgb
 from dinov2.data.transforms import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from dinov2.models.vision_transformer import DinoVisionTransformer
 
@@ -23,7 +24,7 @@ def prepare_image(image: Image.Image, size: int, patch_size: int) -> tuple[Tenso
     """
     if size < patch_size:
         raise ValueError(f"image size {size} is smaller than the patch size {patch_size}; pass --image-size >= it")
-    resized = TF.resize(image.convert("RGB"), size, interpolation=TF.InterpolationMode.BICUBIC, antialias=True)
+    resized = TF.resize(to_rgb(image), size, interpolation=TF.InterpolationMode.BICUBIC, antialias=True)
     width, height = resized.size
     cropped = TF.center_crop(resized, [height - height % patch_size, width - width % patch_size])
     return TF.normalize(TF.to_tensor(cropped), IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD), cropped

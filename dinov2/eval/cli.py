@@ -1,7 +1,8 @@
 """Command-line plumbing shared by `tools/eval_knn.py`, `tools/eval_linear.py` and `tools/eval_logreg.py`.
 
 `add_eval_args` adds the backbone flags (`dinov2.eval.setup.add_backbone_args`) and the flags every
-classification evaluation has; `setup_eval(args)` enables distributed mode when a launcher started the process
+classification evaluation has; `check_eval_args(args)` checks them without building anything (every tool runs it
+first, also before `--submit`); `setup_eval(args)` enables distributed mode when a launcher started the process
 (torchrun, SLURM; nothing to do for plain `python`), configures logging, builds and loads the backbone (a
 checkpoint that does not match the model is an error, see `dinov2.utils.checkpoint`), moves it to the device
 (rank 0's weights are broadcast, so that a randomly initialised backbone is the same on every rank) and resolves
@@ -11,12 +12,14 @@ the autocast dtype.
 import argparse
 import logging
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 from torch import nn
 
+from dinov2.data.loaders import check_dataset_str
 from dinov2.distributed import broadcast_module_states_, enable, get_environment, is_enabled
-from dinov2.eval.setup import add_backbone_args, backbone_from_args
+from dinov2.eval.setup import add_backbone_args, backbone_from_args, check_backbone_args
 from dinov2.eval.utils import autocast_dtype_from_name
 from dinov2.logging import setup_logging
 from dinov2.utils.config import load_config
@@ -76,6 +79,19 @@ def resolve_autocast_dtype(args: argparse.Namespace) -> torch.dtype:
     cfg = load_config(args.config_file, list(args.opts))
     name = cfg.compute_precision.teacher.backbone.mixed_precision.param_dtype
     return autocast_dtype_from_name(name, flag="compute_precision.teacher.backbone.mixed_precision.param_dtype")
+
+
+def check_eval_args(args: argparse.Namespace, *, extra_datasets: Sequence[str] = ()) -> None:
+    """Check the flags of `add_eval_args` before anything runs or is submitted: the backbone flags (config keys,
+    arch, weights file), the autocast dtype, and `--train-dataset`, `--val-dataset` and `extra_datasets` (dataset
+    strings and their folders). Raises ValueError / ConfigError / FileNotFoundError naming the flag."""
+    check_backbone_args(args)
+    resolve_autocast_dtype(args)
+    for dataset_str in (args.train_dataset, args.val_dataset, *extra_datasets):
+        check_dataset_str(dataset_str)
+    for flag in ("batch_size", "crop_size", "resize_size"):
+        if getattr(args, flag) < 1:
+            raise ValueError(f"--{flag.replace('_', '-')}={getattr(args, flag)} must be at least 1")
 
 
 def setup_eval(args: argparse.Namespace) -> EvalSetup:

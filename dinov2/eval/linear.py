@@ -17,7 +17,7 @@ Checkpoint layout (`<output_dir>/`): `model_{iteration:07d}.pth` every `save_che
 state dict (keys classifiers_dict.<name>.linear.{weight,bias}), "optimizer", "scheduler", "iteration"}`, and the
 text file `last_checkpoint` names the newest. A run resumes from it unless `resume=False`.
 
-Changes from the official code (spec 12.1 item 15 and others):
+Changes from the official code:
 * Resuming advances the train sampler by `start_iter * batch_size` samples of the rank's stream; official passes
   `start_iter` (iterations counted as samples), so a resumed run saw almost the same images again.
   The data order of a resumed run now equals the uninterrupted one (the random augmentations still differ).
@@ -347,6 +347,29 @@ def _append_results(output_dir: str, record: dict) -> None:
             f.write(json.dumps(record) + "\n")
 
 
+def _drop_results_to_repeat(output_dir: str, *, start_iter: int, max_iter: int) -> None:
+    """Remove the result lines this run writes again (rank 0): those after `start_iter`, the final ones.
+
+    A run resumed at `start_iter` validates after every later period and at `max_iter`, so only the lines of
+    iterations <= `start_iter` (and < `max_iter`) stay; a line torn by a kill is dropped as well.
+    """
+    path = os.path.join(output_dir, RESULTS_FILENAME)
+    if not is_main_process() or not os.path.isfile(path):
+        return
+    kept: list[str] = []
+    with open(path) as f:
+        for line in f:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(record, dict) and record.get("iter", max_iter) <= min(start_iter, max_iter - 1):
+                kept.append(json.dumps(record) + "\n")
+    with open(path + ".tmp", "w") as f:
+        f.writelines(kept)
+    os.replace(path + ".tmp", path)
+
+
 def _select_best(results: dict[str, dict[str, Tensor]]) -> tuple[str, float]:
     name = max(results, key=lambda n: float(results[n]["top-1"]))
     return name, 100.0 * float(results[name]["top-1"])
@@ -443,6 +466,7 @@ def eval_linear(
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max_iter, eta_min=0.0)
     checkpointer = LinearCheckpointer(output_dir, classifiers=classifiers, optimizer=optimizer, scheduler=scheduler)
     start_iter = checkpointer.resume_or_load(settings.classifier_fpath, resume=settings.resume)
+    _drop_results_to_repeat(output_dir, start_iter=start_iter, max_iter=max_iter)
     train_heads: nn.Module = classifiers
     if is_enabled():
         train_heads = DistributedDataParallel(classifiers, device_ids=[device] if device.type == "cuda" else None)

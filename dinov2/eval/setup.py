@@ -17,7 +17,10 @@ randomly initialised and a warning says so.
 import argparse
 import logging
 import os
+from dataclasses import dataclass
 from typing import Sequence
+
+from omegaconf import DictConfig
 
 from dinov2.hub.backbones import HUB_BACKBONES
 from dinov2.models import build_model_from_cfg
@@ -48,7 +51,16 @@ def add_backbone_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     return parser
 
 
-def build_backbone_for_eval(
+@dataclass(frozen=True)
+class BackboneSource:
+    """What the backbone flags name: a released hub architecture, or a config; and the weights file, if any."""
+
+    weights_path: str | os.PathLike | None
+    hub_arch: str | None  # a name of `HUB_BACKBONES`, or None
+    cfg: DictConfig | None  # the merged config when `hub_arch` is None
+
+
+def resolve_backbone_source(
     *,
     config_file: str | os.PathLike | None = None,
     pretrained_weights: str | os.PathLike | None = None,
@@ -57,13 +69,18 @@ def build_backbone_for_eval(
     num_register_tokens: int | None = None,
     weights: str | os.PathLike | None = None,
     opts: Sequence[str] = (),
-) -> DinoVisionTransformer:
-    """Build the backbone named by a config file or an arch, load its weights, return it in eval mode on CPU."""
+) -> BackboneSource:
+    """Check the backbone flags (one source, a known arch, a valid config, an existing weights file); builds nothing.
+
+    Raises ValueError / ConfigError / FileNotFoundError naming the flag at fault.
+    """
     if pretrained_weights is not None and weights is not None:
         raise ValueError(
             f"both --pretrained-weights={pretrained_weights} and --weights={weights} are given; pass only one"
         )
     weights_path = pretrained_weights if pretrained_weights is not None else weights
+    if weights_path is not None and not os.path.isfile(weights_path):
+        raise FileNotFoundError(f"backbone weights {weights_path} (--pretrained-weights / --weights) do not exist")
     if (config_file is None) == (arch is None):
         raise ValueError(
             f"pass exactly one of --config-file and --arch (got config_file={config_file!r}, arch={arch!r})"
@@ -76,19 +93,44 @@ def build_backbone_for_eval(
                 f"--arch {arch} fixes the released architecture; drop {given + list(opts)} "
                 "or use --arch vit_* / --config-file to change it"
             )
-        model = HUB_BACKBONES[arch](pretrained=weights_path is not None, weights=weights_path)
+        return BackboneSource(weights_path=weights_path, hub_arch=arch, cfg=None)
+    overrides = list(opts)
+    if arch is not None:
+        if arch.removesuffix("_memeff") not in ARCHS:
+            raise ValueError(f"--arch {arch!r} is not one of {sorted(ARCHS) + sorted(HUB_BACKBONES)}")
+        overrides.append(f"student.arch={arch}")
+    if patch_size is not None:
+        overrides.append(f"student.patch_size={patch_size}")
+    if num_register_tokens is not None:
+        overrides.append(f"student.num_register_tokens={num_register_tokens}")
+    return BackboneSource(weights_path=weights_path, hub_arch=None, cfg=load_config(config_file, overrides))
+
+
+def build_backbone_for_eval(
+    *,
+    config_file: str | os.PathLike | None = None,
+    pretrained_weights: str | os.PathLike | None = None,
+    arch: str | None = None,
+    patch_size: int | None = None,
+    num_register_tokens: int | None = None,
+    weights: str | os.PathLike | None = None,
+    opts: Sequence[str] = (),
+) -> DinoVisionTransformer:
+    """Build the backbone named by a config file or an arch, load its weights, return it in eval mode on CPU."""
+    source = resolve_backbone_source(
+        config_file=config_file,
+        pretrained_weights=pretrained_weights,
+        arch=arch,
+        patch_size=patch_size,
+        num_register_tokens=num_register_tokens,
+        weights=weights,
+        opts=opts,
+    )
+    weights_path = source.weights_path
+    if source.hub_arch is not None:
+        model = HUB_BACKBONES[source.hub_arch](pretrained=weights_path is not None, weights=weights_path)
     else:
-        overrides = list(opts)
-        if arch is not None:
-            if arch.removesuffix("_memeff") not in ARCHS:
-                raise ValueError(f"--arch {arch!r} is not one of {sorted(ARCHS) + sorted(HUB_BACKBONES)}")
-            overrides.append(f"student.arch={arch}")
-        if patch_size is not None:
-            overrides.append(f"student.patch_size={patch_size}")
-        if num_register_tokens is not None:
-            overrides.append(f"student.num_register_tokens={num_register_tokens}")
-        cfg = load_config(config_file, overrides)
-        model, _ = build_model_from_cfg(cfg, only_teacher=True)  # type: ignore[misc]
+        model, _ = build_model_from_cfg(source.cfg, only_teacher=True)  # type: ignore[misc]
         if weights_path is not None:
             load_pretrained_backbone(model, weights_path)
     if weights_path is None:
@@ -96,9 +138,13 @@ def build_backbone_for_eval(
     return model.eval()
 
 
-def backbone_from_args(args: argparse.Namespace) -> DinoVisionTransformer:
-    """`build_backbone_for_eval` with the flags added by `add_backbone_args`."""
-    return build_backbone_for_eval(
+def check_backbone_args(args: argparse.Namespace) -> None:
+    """`resolve_backbone_source` with the flags added by `add_backbone_args` (what `--submit` checks first)."""
+    resolve_backbone_source(**_backbone_flags(args))
+
+
+def _backbone_flags(args: argparse.Namespace) -> dict:
+    return dict(
         config_file=args.config_file,
         pretrained_weights=args.pretrained_weights,
         arch=args.arch,
@@ -107,3 +153,8 @@ def backbone_from_args(args: argparse.Namespace) -> DinoVisionTransformer:
         weights=args.weights,
         opts=args.opts,
     )
+
+
+def backbone_from_args(args: argparse.Namespace) -> DinoVisionTransformer:
+    """`build_backbone_for_eval` with the flags added by `add_backbone_args`."""
+    return build_backbone_for_eval(**_backbone_flags(args))

@@ -1,6 +1,6 @@
 """Sharding of the meta-architecture with FSDP2 (`torch.distributed.fsdp.fully_shard`, public API only).
 
-Layout (spec 7, FSDP2 version): each of `student.{backbone, dino_head, ibot_head}` and
+Layout (official DINOv2's, in the FSDP2 API): each of `student.{backbone, dino_head, ibot_head}` and
 `teacher.{...}` is its own FSDP root with its own `compute_precision.<role>.<key>` settings; inside a
 backbone every element of `backbone.blocks` (one block, or one BlockChunk when `student.block_chunks > 0`)
 is its own unit, and the root unit holds the tokens, patch embedding and final norm. Student and teacher

@@ -2,7 +2,9 @@
 
 from typing import Callable
 
+import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from dinov2.layers.attention import Attention
 from dinov2.layers.drop_path import DropPath, add_residual_on_batch_subset
@@ -21,6 +23,10 @@ class Block(nn.Module):
     (`add_residual_on_batch_subset`); with `0 < drop_path <= 0.1` per-sample DropPath is used. A list
     input (crops of different sizes) is processed element by element and always uses the batch-subset
     variant when `drop_path > 0` in training, as DINOv2's nested-tensor block does.
+
+    With `gradient_checkpointing` (set by the ViT) a training forward with autograd on keeps only the block
+    input and recomputes the block in backward (non-reentrant `torch.utils.checkpoint`, RNG state replayed,
+    so drop path draws the same samples and the gradients are those of the plain forward).
     """
 
     def __init__(
@@ -54,6 +60,7 @@ class Block(nn.Module):
         self.ls2 = LayerScale(dim, init_values=init_values) if init_values else nn.Identity()
         self.drop_path2 = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
         self.sample_drop_ratio = drop_path
+        self.gradient_checkpointing = False
 
     def attn_residual(self, x: Tensor) -> Tensor:
         """`ls1(attn(norm1(x)))`, [B, N, D] -> [B, N, D]."""
@@ -75,6 +82,11 @@ class Block(nn.Module):
         return x + self.ffn_residual(x)
 
     def forward(self, x: Tensor | list[Tensor]) -> Tensor | list[Tensor]:
+        if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+            return checkpoint(self._forward, x, use_reentrant=False)
+        return self._forward(x)
+
+    def _forward(self, x: Tensor | list[Tensor]) -> Tensor | list[Tensor]:
         if isinstance(x, list):
             return [self._forward_tensor(element, always_batch_subset=True) for element in x]
         return self._forward_tensor(x, always_batch_subset=False)

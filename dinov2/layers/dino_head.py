@@ -5,7 +5,7 @@ State-dict keys match the official DINOv2 training checkpoints (`dino_head.*` in
 `last_layer.weight_v` (K, bottleneck). The weight norm is written by hand because PyTorch's current
 parametrisation API stores these two tensors as `parametrizations.weight.original{0,1}`.
 
-SimDINO hooks (spec 10.2): `normalize` toggles the l2-normalisation of the MLP output and
+SimDINO hooks (as in SimDINO's released code): `normalize` toggles the l2-normalisation of the MLP output and
 `remove_last_layer=True` builds no prototype layer, so the head outputs the normalised bottleneck features.
 """
 

@@ -80,7 +80,8 @@ class MetricLogger:
 
     JSON lines (rank 0 only) go to `output_file`: `iteration`, `iter_time`, `data_time` (window averages,
     seconds), `it_per_s`, the window **median** of every meter under its own name (the official format),
-    and `last`: the exact value of every meter at that iteration.
+    and `last`: the exact value of every meter at that iteration. `log_every(start_iteration=k)` first drops
+    the file's lines of iterations >= k (a resumed run writes them again), so the file reads as one run.
     """
 
     def __init__(
@@ -131,6 +132,38 @@ class MetricLogger:
                 self.tensorboard_writer.add_scalar(name, meter.median, iteration)
             self.tensorboard_writer.add_scalar("it_per_s", record["it_per_s"], iteration)
 
+    def drop_records_from(self, iteration: int) -> None:
+        """Remove the `output_file` lines of iterations >= `iteration` and a line torn by a kill (rank 0).
+
+        A run killed after its last checkpoint has logged iterations that the resumed run repeats.
+        """
+        if self.output_file is None or not distributed.is_main_process() or not os.path.isfile(self.output_file):
+            return
+        kept: list[str] = []
+        n_dropped = 0
+        with open(self.output_file) as handle:
+            for line in handle:
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:  # the last line of a process killed while writing it
+                    record = None
+                if isinstance(record, dict) and record.get("iteration", iteration) < iteration:
+                    kept.append(line if line.endswith("\n") else line + "\n")
+                else:
+                    n_dropped += 1
+        if n_dropped == 0:
+            return
+        tmp = f"{os.fspath(self.output_file)}.tmp"
+        with open(tmp, "w") as handle:
+            handle.writelines(kept)
+        os.replace(tmp, self.output_file)
+        logger.info(
+            "dropped %d lines of %s at or past iteration %d (logged after the checkpoint this run resumes from)",
+            n_dropped,
+            self.output_file,
+            iteration,
+        )
+
     def log_every(
         self,
         iterable: Iterable[Any],
@@ -144,9 +177,10 @@ class MetricLogger:
         No item is fetched past the last iteration. Iteration `i` is logged when `i % print_freq == 0` or
         `i == n_iterations - 1`: when the caller calls `end_iteration()` (the training loop does so before
         it checkpoints, so that a run killed after a checkpoint still has that iteration's line), else
-        after the caller's body.
+        after the caller's body. Lines of `output_file` from `start_iteration` on are dropped first.
         """
         n_total = len(iterable) if n_iterations is None else n_iterations  # type: ignore[arg-type]
+        self.drop_records_from(start_iteration)
         self._print_freq, self._header, self._n_total = print_freq, header, n_total
         self._iter_time = SmoothedValue(fmt="{avg:.4f}")
         self._data_time = SmoothedValue(fmt="{avg:.4f}")

@@ -28,7 +28,7 @@ class DINOLoss(nn.Module):
         center_momentum: EMA momentum of the teacher centre (0.9).
         device: where the `center` buffer [1, K] is created.
 
-    Official conventions kept by the caller (spec 4.6): the teacher CLS logits of the two global crops are
+    Official conventions kept by the caller: the teacher CLS logits of the two global crops are
     swapped ([crop2; crop1]) before the targets are computed, then
     `DINOLoss(local_chunks, [t1, t2]) / T + DINOLoss([student_globals_2B], [swapped_targets_2B]) * 2 / T`
     with `T = 2 * n_local_crops + 2` is the mean of the T cross-view cross-entropies.
@@ -84,15 +84,23 @@ class DINOLoss(nn.Module):
     def update_center(self, teacher_output: Tensor) -> None:
         """Start the update of the centre with this batch's mean teacher logits (all ranks).
 
-        teacher_output: [N, K] raw teacher logits. The sum over rows is all-reduced asynchronously and the
-        EMA `center <- m * center + (1 - m) * mean_all_ranks` is applied at the next `softmax_center_teacher`
-        (so step i is centred with outputs up to step i - 1, as upstream). A pending update that was never
-        applied is applied first instead of being dropped.
+        teacher_output: [N, K] raw teacher logits; same as `update_center_from_sum(teacher_output.sum(0), N)`.
+        """
+        with no_autocast(teacher_output):
+            row_sum = at_least_fp32(teacher_output).sum(dim=0, keepdim=True)  # [1, K]
+        self.update_center_from_sum(row_sum, teacher_output.shape[0])
+
+    @torch.no_grad()
+    def update_center_from_sum(self, row_sum: Tensor, n_rows: int) -> None:
+        """Start the centre update from the row sum [1, K] (fp32) of `n_rows` raw teacher logit rows.
+
+        The sum is all-reduced asynchronously and the EMA `center <- m * center + (1 - m) * sum_all_ranks /
+        (n_rows * W)` is applied at the next `softmax_center_teacher` (so step i is centred with outputs up to
+        step i - 1, as upstream). A pending update that was never applied is applied first instead of being
+        dropped. Taking the sum instead of the logits lets the caller accumulate micro-batches in [1, K].
         """
         self.apply_center_update()
-        with no_autocast(teacher_output):
-            batch_sum = at_least_fp32(teacher_output).sum(dim=0, keepdim=True)  # [1, K]
-        self._pending.start(batch_sum, n_groups=teacher_output.shape[0])
+        self._pending.start(row_sum, n_groups=n_rows)
 
     def forward(self, student_output_list: list[Tensor], teacher_out_softmaxed_centered_list: list[Tensor]) -> Tensor:
         """Σ_s Σ_t mean_rows(-Σ_k t_k · log_softmax(s / student_temp)_k), computed in fp32.

@@ -97,6 +97,16 @@ class iBOTPatchLoss(nn.Module):  # the official class name
         self._pending.start(batch_sum, n_groups=teacher_patch_tokens.shape[0])
 
     @torch.no_grad()
+    def update_center_from_sum(self, row_sum: Tensor, n_rows: int) -> None:
+        """`update_center` of one group [n_rows, K] given only its row sum [1, K] (fp32): mean = sum / n_rows.
+
+        Lets the caller accumulate the masked patches of several micro-batches in [1, K] instead of keeping
+        their logits.
+        """
+        self.apply_center_update()
+        self._pending.start(row_sum / n_rows, n_groups=1)
+
+    @torch.no_grad()
     def sinkhorn_knopp_teacher(
         self,
         teacher_output: Tensor,
@@ -118,7 +128,7 @@ class iBOTPatchLoss(nn.Module):  # the official class name
         student_patch_tokens_masked: Tensor,
         teacher_patch_tokens_masked: Tensor,
         student_masks_flat: Tensor,
-        n_masked_patches: int | Tensor | None = None,
+        n_masked_patches: int | None = None,
         masks_weight: Tensor | None = None,
     ) -> Tensor:
         """-Σ_j masks_weight_j · Σ_k t_jk · log_softmax(s_j / student_temp)_k / n_crops, in fp32.
@@ -128,7 +138,8 @@ class iBOTPatchLoss(nn.Module):  # the official class name
                 rows past n_masked are padding).
             teacher_patch_tokens_masked: [M, K] or [n_masked, K] teacher targets.
             student_masks_flat: [n_crops, P] bool masks of the global crops (n_crops = 2B).
-            n_masked_patches: number of real rows (all rows when None).
+            n_masked_patches: number of real rows (all rows when None); a Python int, so that slicing does not
+                wait for the device (`mask_indices_list.shape[0]` of the batch).
             masks_weight: [n_masked] weight of each masked patch; default 1 / (masked patches in its crop).
 
         Returns:
@@ -139,9 +150,7 @@ class iBOTPatchLoss(nn.Module):  # the official class name
             student_log_probs = F.log_softmax(
                 at_least_fp32(student_patch_tokens_masked) / self.student_temp, dim=-1
             )  # [M, K]
-            n_rows = teacher_patch_tokens_masked.shape[0]
-            if n_masked_patches is not None:
-                n_rows = int(n_masked_patches)
+            n_rows = teacher_patch_tokens_masked.shape[0] if n_masked_patches is None else n_masked_patches
             student_log_probs = student_log_probs[:n_rows]
             teacher_probs = at_least_fp32(teacher_patch_tokens_masked)[:n_rows]
             cross_entropy = -(teacher_probs * student_log_probs).sum(dim=-1)  # [n_masked]

@@ -17,7 +17,8 @@ def build_model(
 
     Both get `img_size`, `patch_size`, `init_values=layerscale`, `ffn_layer`, `block_chunks`, the biases,
     `num_register_tokens` and the interpolation settings; `depth` overrides the arch's depth when not
-    null. Only the student gets `drop_path_rate` / `drop_path_uniform` (the teacher has no drop path).
+    null. Only the student gets `drop_path_rate` / `drop_path_uniform` (the teacher has no drop path) and
+    `gradient_checkpointing` (the teacher runs without autograd).
     """
     arch = student_cfg.arch.removesuffix("_memeff")
     if arch not in ARCHS:
@@ -45,6 +46,7 @@ def build_model(
         **vit_kwargs,
         drop_path_rate=student_cfg.drop_path_rate,
         drop_path_uniform=student_cfg.drop_path_uniform,
+        gradient_checkpointing=student_cfg.gradient_checkpointing,
     )
     logger.info("built %s (depth %d, D %d, patch %d) at img_size %d", arch, student.n_blocks, student.embed_dim,
                 student.patch_size, img_size)  # fmt: skip

@@ -79,10 +79,13 @@ class DinoVisionTransformer(nn.Module):
         ffn_layer: "mlp", "swiglu"/"swiglufused" (packed SwiGLU, both the same) or "identity".
         block_chunks: 0 for flat `blocks.{i}` keys, C > 0 for `blocks.{chunk}.{i}` keys. The official
             constructor defaults to 1, but every official caller passes 0 (config default, hub); we
-            default to 0 (spec 12.1 item 16).
+            default to 0 (official DINOv2 does the same).
         num_register_tokens: R extra learned tokens after the cls token (no position embedding).
         interpolate_antialias: antialias of the bicubic position-embedding interpolation.
         interpolate_offset: DINOv2's scale-factor offset; 0 interpolates to an explicit output size.
+        gradient_checkpointing: recompute every block in backward instead of keeping its activations
+            (training forwards with autograd only; see `Block`). Memory per block drops to its input
+            [B, N, D]; the backward pays one more forward of the blocks.
     """
 
     def __init__(
@@ -108,6 +111,7 @@ class DinoVisionTransformer(nn.Module):
         num_register_tokens: int = 0,
         interpolate_antialias: bool = False,
         interpolate_offset: float = 0.1,
+        gradient_checkpointing: bool = False,
     ) -> None:
         super().__init__()
         if depth < 1:
@@ -171,6 +175,7 @@ class DinoVisionTransformer(nn.Module):
             self.chunked_blocks = False
             self.blocks = nn.ModuleList(blocks)
 
+        self.set_gradient_checkpointing(gradient_checkpointing)
         self.norm = norm_layer(embed_dim)
         self.head = nn.Identity()
         self.mask_token = nn.Parameter(torch.zeros(1, embed_dim))
@@ -188,6 +193,12 @@ class DinoVisionTransformer(nn.Module):
             nn.init.normal_(self.register_tokens, std=1e-6)
         nn.init.zeros_(self.mask_token)
         self.apply(init_weights_vit_timm)
+
+    def set_gradient_checkpointing(self, enabled: bool) -> None:
+        """Activation checkpointing of every block on / off (per block, also inside chunks)."""
+        self.gradient_checkpointing = enabled
+        for block in self.iter_blocks():
+            block.gradient_checkpointing = enabled
 
     def iter_blocks(self) -> Iterator[nn.Module]:
         """The `depth` transformer blocks in order, skipping the Identity padding of chunked layouts."""

@@ -128,7 +128,8 @@ class SubmittedTask:
         # test process) would hide SLURM's own variables from `distributed.enable()` (MASTER_PORT may stay)
         inherited = [name for name in _INHERITED_LAUNCHER_VARIABLES if os.environ.pop(name, None) is not None]
         # submitit has installed its requeue handler for the warning signal: it stays in charge until a
-        # training loop polls `preemption.should_stop`, and requeues the job once the loop has checkpointed.
+        # training loop polls for stop requests (`preemption.stop_flags`), and requeues the job once the loop
+        # has checkpointed.
         warning_signal = getattr(signal, "SIG" + submitit.JobEnvironment.USR_SIG)
         submitit_handler = signal.getsignal(warning_signal)
         if not callable(submitit_handler):
@@ -140,6 +141,9 @@ class SubmittedTask:
         try:
             return self.entry(self.args)
         except preemption.TrainingPreempted as stop:
+            if stop.signum != warning_signal:  # SIGTERM / SIGINT (scancel, a user): saved, not requeued
+                logger.warning("%s; job %s is not requeued", stop, env.job_id)
+                return None
             if env.global_rank != 0:
                 logger.warning("%s; task 0 requeues job %s", stop, env.job_id)
                 return None
@@ -171,12 +175,22 @@ def submit(entry: EntryPoint, args: argparse.Namespace, name: str) -> submitit.J
     return job
 
 
-def run_or_submit(entry: EntryPoint, args: argparse.Namespace, name: str, *, echo: Callable[[str], None]) -> Any:
+def run_or_submit(
+    entry: EntryPoint,
+    args: argparse.Namespace,
+    name: str,
+    *,
+    check: Callable[[argparse.Namespace], None],
+    echo: Callable[[str], None],
+) -> Any:
     """The one `--submit` dispatch of every tool: `entry(args)` here, or a SLURM job named `name`.
 
-    Returns `entry`'s result, or the submitit Job after telling `echo` (the tool's `print`) the job id and where
-    its outputs and logs go.
+    `check(args)` runs first, in both modes: it validates the arguments (config keys, dataset strings, input
+    folders, weights files) and raises on a mistake, so that `--submit` reports it here instead of in the job's
+    log after the job has waited in the queue. Returns `entry`'s result, or the submitit Job after telling
+    `echo` (the tool's `print`) the job id and where its outputs and logs go.
     """
+    check(args)
     if not args.submit:
         return entry(args)
     job = submit(entry, args, name)

@@ -12,12 +12,12 @@ hooks `build_heads` / `build_losses`):
 Glossary: B images per process, G = 2 global crops, L local crops, D embedding, K head output,
 P patch tokens per global crop, M masked patches of this process's batch.
 
-Numerics follow official DINOv2 (spec 4.6): the teacher sees the unmasked global crops, the student
+Numerics follow official DINOv2: the teacher sees the unmasked global crops, the student
 masked global crops and local crops in one nested backbone call, and one shared-head call over
 `[local CLS; global CLS; masked patches]`. The DINO loss is the mean of the T = G·L + G·(G-1)
 cross-view cross-entropies (student crop A against teacher crop B != A), KoLeo acts on the student's
 global backbone CLS tokens, iBOT on the masked patches. Logged terms are unweighted and unhalved (FIX of
-spec 12.1 #4, display only): `total_loss` is exactly the optimised loss.
+an official bug, display only): `total_loss` is exactly the optimised loss.
 """
 
 import contextlib
@@ -29,7 +29,6 @@ from omegaconf import DictConfig
 from torch import Tensor, nn
 from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
 
-from dinov2 import distributed
 from dinov2.fsdp import (
     Meshes,
     autocast_context,
@@ -42,7 +41,7 @@ from dinov2.fsdp import (
 from dinov2.layers.dino_head import DINOHead
 from dinov2.loss import DINOLoss, KoLeoLoss, iBOTPatchLoss
 from dinov2.models import build_model_from_cfg
-from dinov2.utils.checkpoint import load_pretrained_backbone
+from dinov2.utils.pretrained import load_pretrained_weights
 
 logger = logging.getLogger(__name__)
 
@@ -55,12 +54,16 @@ CENTERING_MODES = ("centering", "sinkhorn_knopp", "none")
 def effective_rank(features: Tensor) -> Tensor:
     """exp(entropy of the normalised singular values) of `features` [N, D] (uncentred), in [1, min(N, D)].
 
-    Collapse monitor: near 1 when every sample maps to the same direction.
+    Collapse monitor: near 1 when every sample maps to the same direction. NaN when `features` holds a
+    non-finite value (the SVD would raise; a diverged step must reach the loop's non-finite check instead).
+    No host-device synchronisation beyond what the SVD itself needs.
     """
-    singular_values = torch.linalg.svdvals(features.detach().float())
+    features = features.detach().float()
+    is_finite = torch.isfinite(features).all()
+    singular_values = torch.linalg.svdvals(torch.where(is_finite, features, torch.zeros_like(features)))
     probs = singular_values / singular_values.sum().clamp_min(1e-12)
-    probs = probs[probs > 0]
-    return torch.exp(-(probs * probs.log()).sum())
+    entropy = -torch.special.xlogy(probs, probs).sum()  # 0·log 0 = 0, without a data-dependent mask
+    return torch.where(is_finite, torch.exp(entropy), torch.full_like(entropy, float("nan")))
 
 
 class SSLMetaArch(nn.Module):
@@ -93,10 +96,20 @@ class SSLMetaArch(nn.Module):
                 f"{cfg.ibot.mask_sample_probability}; raise them or set ibot.loss_weight=0"
             )
 
+        if not 0 <= cfg.student.freeze_backbone_epochs < cfg.optim.epochs:
+            raise ValueError(
+                f"student.freeze_backbone_epochs={cfg.student.freeze_backbone_epochs} must be in [0, optim.epochs="
+                f"{cfg.optim.epochs}); fix student.freeze_backbone_epochs"
+            )
         student_backbone, teacher_backbone, embed_dim = build_model_from_cfg(cfg)  # type: ignore[misc]
         self.embed_dim: int = embed_dim
-        if cfg.student.pretrained_weights:
-            load_pretrained_backbone(student_backbone, cfg.student.pretrained_weights)
+        if cfg.student.pretrained_weights:  # heads stay freshly initialised; the teacher copies the student below
+            load_pretrained_weights(
+                student_backbone,
+                cfg.student.pretrained_weights,
+                pretrained_img_size=cfg.student.pretrained_img_size,
+                pretrained_patch_size=cfg.student.pretrained_patch_size,
+            )
         self.student = nn.ModuleDict({"backbone": student_backbone, **self.build_heads(embed_dim)})
         self.teacher = nn.ModuleDict({"backbone": teacher_backbone, **self.build_heads(embed_dim)})
         self.teacher.load_state_dict(self.student.state_dict())
@@ -118,8 +131,11 @@ class SSLMetaArch(nn.Module):
                     "both replicated (NO_SHARD) or both sharded (SHARD_GRAD_OP / FULL_SHARD); make them agree"
                 )
         self.is_sharded = False
+        self.backbone_frozen = False  # see set_backbone_frozen (student.freeze_backbone_epochs)
         self.grad_scaler: torch.amp.GradScaler | None = None  # attached by build_grad_scaler (fp16 only)
-        self._pending_center_logits: dict[str, list[Tensor]] = {"dino": [], "ibot": []}
+        # Running [1, K] row sums and row counts of the teacher logits since the last `update_centers` (the
+        # centre needs only these; keeping the [N, K] logits would hold them through the student pass).
+        self._center_row_sums: dict[str, tuple[Tensor, int]] = {}
         logger.info(
             "OPTIONS -- SSLMetaArch: dino %s (weight %s), koleo %s (weight %s), ibot %s (weight %s, %s head), "
             "centering %s, %d global + %d local crops",
@@ -141,7 +157,7 @@ class SSLMetaArch(nn.Module):
     def build_heads(self, embed_dim: int) -> dict[str, nn.Module]:
         """The heads of one network (called once for the student, once for the teacher).
 
-        `dino_head` whenever DINO or iBOT is on (FIX spec 12.1 #8: official needs DINO on), `ibot_head`
+        `dino_head` whenever DINO or iBOT is on (FIX: official needs DINO on), `ibot_head`
         with `ibot.separate_head`. `*.head_normalize=false` drops the l2-normalisation before the prototype
         layer (the "no last-layer normalization" perturbation of the SimDINO paper's Table 5);
         `*.remove_last_layer=true` (SimDINO) drops the prototype layer itself.
@@ -224,7 +240,7 @@ class SSLMetaArch(nn.Module):
         return autocast_context(self.precision[(role, key)], device)
 
     def train(self, mode: bool = True) -> "SSLMetaArch":
-        """Train/eval mode for the student; the teacher always stays in eval mode (FIX spec 12.1 #9)."""
+        """Train/eval mode for the student; the teacher always stays in eval mode (FIX of official DINOv2)."""
         super().train(mode)
         self.teacher.eval()
         return self
@@ -233,6 +249,11 @@ class SSLMetaArch(nn.Module):
         """Gradient reduction on/off (off for the non-final micro-batches of an accumulated step)."""
         if self.is_sharded:
             set_gradient_sync_(self.student, enabled)
+
+    def set_loss_parameters(self, *, ibot_loss_weight: float) -> None:
+        """This iteration's scheduled loss values (`dinov2.train.schedulers.Schedules.loss_parameters`)."""
+        if self.use_ibot:
+            self.loss_weights["ibot_loss"] = ibot_loss_weight
 
     # ------------------------------------------------------------------------------------------------------
     # The training step
@@ -300,22 +321,31 @@ class SSLMetaArch(nn.Module):
             return logits
         if which == "dino":
             if self.centering == "centering":
-                self._pending_center_logits["dino"].append(logits)
+                self._accumulate_center_rows("dino", logits)
                 return self.dino_loss.softmax_center_teacher(logits, teacher_temp)
             return self.dino_loss.sinkhorn_knopp_teacher(logits, teacher_temp)
         if self.centering == "centering":
-            self._pending_center_logits["ibot"].append(logits)
+            self._accumulate_center_rows("ibot", logits)
             return self.ibot_patch_loss.softmax_center_teacher(logits.unsqueeze(0), teacher_temp).squeeze(0)
         assert n_masked_patches is not None, "Sinkhorn on patches needs the masked-patch count"
         return self.ibot_patch_loss.sinkhorn_knopp_teacher(logits, teacher_temp, n_masked_patches.clone())
 
+    def _accumulate_center_rows(self, which: Literal["dino", "ibot"], logits: Tensor) -> None:
+        """Add the fp32 row sum [1, K] and the row count of teacher logits [N, K] to the running totals."""
+        row_sum = logits.float().sum(dim=0, keepdim=True)
+        if which in self._center_row_sums:
+            previous_sum, previous_rows = self._center_row_sums[which]
+            self._center_row_sums[which] = (previous_sum + row_sum, previous_rows + logits.shape[0])
+        else:
+            self._center_row_sums[which] = (row_sum, logits.shape[0])
+
     def update_centers(self) -> None:
-        """Start one centre update from all teacher logits collected since the last call (one per step)."""
-        if self._pending_center_logits["dino"]:
-            self.dino_loss.update_center(torch.cat(self._pending_center_logits["dino"]))
-        if self._pending_center_logits["ibot"]:
-            self.ibot_patch_loss.update_center(torch.cat(self._pending_center_logits["ibot"]).unsqueeze(0))
-        self._pending_center_logits = {"dino": [], "ibot": []}
+        """Start one centre update from the teacher rows of all micro-batches since the last call (one per step)."""
+        if "dino" in self._center_row_sums:
+            self.dino_loss.update_center_from_sum(*self._center_row_sums["dino"])
+        if "ibot" in self._center_row_sums:
+            self.ibot_patch_loss.update_center_from_sum(*self._center_row_sums["ibot"])
+        self._center_row_sums = {}
 
     def apply_center_updates(self) -> None:
         """Fold pending centre updates into the centre buffers (before a checkpoint is written)."""
@@ -360,7 +390,7 @@ class SSLMetaArch(nn.Module):
     def compute_losses(self, *, student: Tensors, teacher: Tensors, batch: Batch) -> tuple[Tensors, Tensors]:
         """Unweighted loss terms (weighted by `self.loss_weights`) and extra detached diagnostics.
 
-        DINO (spec 4.6): the T = G·L + G·(G-1) cross-view cross-entropies are averaged; the global term
+        DINO (official DINOv2): the T = G·L + G·(G-1) cross-view cross-entropies are averaged; the global term
         pairs student crop A with teacher crop B (the teacher crops are swapped) and is computed over the
         G·B rows at once, hence the factor G.
         """
@@ -387,7 +417,7 @@ class SSLMetaArch(nn.Module):
                 student["student_masked_patch_logits"],
                 teacher["teacher_patch_targets"],
                 student_masks_flat=batch["collated_masks"],
-                n_masked_patches=batch["n_masked_patches"],
+                n_masked_patches=batch["mask_indices_list"].shape[0],
                 masks_weight=batch["masks_weight"],
             )
         return terms, {}
@@ -423,6 +453,11 @@ class SSLMetaArch(nn.Module):
             reshard_(self.teacher)
         student = self.student_forward(batch)
         terms, diagnostics = self.compute_losses(student=student, teacher=teacher, batch=batch)
+        teacher_cls = teacher["teacher_cls"] if compute_feature_stats else None
+        # Autograd keeps what backward needs (log-softmax outputs, the targets the cross-entropy multiplies);
+        # the student logits themselves, [(2 + L) B + M, K] fp32, are not among it: drop the dicts before
+        # backward so that the logits are freed instead of living through it.
+        del student, teacher
         assert set(terms) == set(self.loss_weights), (
             f"loss terms {sorted(terms)} != weights {sorted(self.loss_weights)}"
         )
@@ -434,8 +469,8 @@ class SSLMetaArch(nn.Module):
         metrics = {name: term.detach() for name, term in terms.items()}
         metrics.update({name: value.detach() for name, value in diagnostics.items()})
         metrics["total_loss"] = total_loss.detach()
-        if compute_feature_stats:
-            metrics["teacher_cls_effective_rank"] = effective_rank(teacher["teacher_cls"].flatten(0, 1))
+        if teacher_cls is not None:
+            metrics["teacher_cls_effective_rank"] = effective_rank(teacher_cls.flatten(0, 1))
         return total_loss.detach(), metrics
 
     def backward(self, loss: Tensor) -> None:
@@ -445,18 +480,30 @@ class SSLMetaArch(nn.Module):
         else:
             loss.backward()
 
+    def set_backbone_frozen(self, frozen: bool) -> None:
+        """Freeze / release the student backbone (`student.freeze_backbone_epochs`: heads learn first).
+
+        Frozen: its parameters do not require grad (no gradient, so the optimizer skips them and keeps no
+        state for them) and `update_teacher` leaves the teacher backbone alone, so both backbones stay
+        bit-identical to the weights they started from. Called every iteration; acts on a change only.
+        """
+        if frozen == self.backbone_frozen:
+            return
+        for param in self.student["backbone"].parameters():
+            param.requires_grad = not frozen
+        self.backbone_frozen = frozen
+        logger.info("student backbone %s", "frozen: only the heads train" if frozen else "released: all of it trains")
+
     @torch.no_grad()
     def update_teacher(self, momentum: float) -> None:
-        """EMA on local shards: `teacher <- momentum * teacher + (1 - momentum) * student` (fp32 masters)."""
+        """EMA on local shards: `teacher <- momentum * teacher + (1 - momentum) * student` (fp32 masters).
+
+        The backbone is skipped while it is frozen (`set_backbone_frozen`).
+        """
         for key in self.student.keys():
+            if key == "backbone" and self.backbone_frozen:
+                continue
             teacher_params = [local_tensor(p) for p in self.teacher[key].parameters()]
             student_params = [local_tensor(p) for p in self.student[key].parameters()]
             torch._foreach_mul_(teacher_params, momentum)
             torch._foreach_add_(teacher_params, student_params, alpha=1 - momentum)
-
-    def all_reduce_metrics(self, metrics: Tensors) -> dict[str, float]:
-        """Mean over ranks of every metric, as python floats (one collective)."""
-        names = sorted(metrics)
-        stacked = torch.stack([metrics[name].float().reshape(()) for name in names])
-        distributed.all_reduce_mean_(stacked)
-        return dict(zip(names, stacked.tolist(), strict=True))

@@ -3,18 +3,20 @@
 `main(args, meta_arch_factory=SSLMetaArch)` runs one training job; `tools/train.py` is its CLI. The
 factory lets simdinov2 pass its own `build_meta_arch(cfg)` without dinov2 importing simdinov2.
 
-Loop, one paragraph per step (spec 6.5): apply schedules -> zero grad -> forward_backward over
-`train.grad_accum_steps` micro-batches -> reduce and check the loss -> unscale, clip each student
-submodule, step -> teacher EMA -> log -> teacher export -> checkpoint.
+Loop, one paragraph per step (as official DINOv2's train loop): apply schedules -> zero grad -> forward_backward over
+`train.grad_accum_steps` micro-batches -> unscale, clip each student submodule, step -> teacher EMA ->
+record non-finite terms on the device. Only on logged iterations (and checkpoint / export iterations) does
+the loop synchronise with the device: one read of the rank-mean metrics, the stop requests and the
+non-finite record (dinov2.train.step_monitor) -> log -> teacher export -> checkpoint, or stop.
 """
 
 import argparse
 import dataclasses
 import functools
 import logging
-import math
 import os
 import random
+import signal
 from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
@@ -30,12 +32,15 @@ from dinov2.data import (
     make_data_loader,
     make_dataset,
 )
+from dinov2.data.loaders import check_dataset_str
 from dinov2.fsdp import build_meshes
 from dinov2.logging import MetricLogger, setup_logging
 from dinov2.run import preemption
-from dinov2.train.checkpointer import Checkpointer, ResumeError, TrainerState, export_teacher
-from dinov2.train.schedulers import CosineScheduler
+from dinov2.train.checkpointer import CONFIG_FILE, Checkpointer, ResumeError, TrainerState, export_teacher
+from dinov2.train.compile import compile_meta_arch
+from dinov2.train.schedulers import build_schedulers
 from dinov2.train.ssl_meta_arch import SSLMetaArch
+from dinov2.train.step_monitor import StepMonitor, StepReport
 from dinov2.utils.config import load_config, scaled_lr
 from dinov2.utils.param_groups import fuse_params_groups, get_params_groups_with_decay
 
@@ -55,7 +60,12 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         "starts from MODEL.WEIGHTS or from scratch",
     )
     parser.add_argument("--eval-only", action="store_true", help="load the checkpoint, export the teacher, exit")
-    parser.add_argument("--output-dir", "--output_dir", default=".", help="run directory (made absolute)")
+    parser.add_argument(
+        "--output-dir",
+        "--output_dir",
+        default=".",
+        help="run directory: config, logs, checkpoints, teacher exports (default: the current directory)",
+    )
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides, key=value")
     return parser
 
@@ -79,6 +89,28 @@ class RunContext:
     max_iter: int
 
 
+def check_args(args: argparse.Namespace) -> DictConfig:
+    """The merged config of `--config-file` and the overrides, checked without building or reading anything.
+
+    Raises ConfigError for an unknown key or an invalid `optim.scaling_rule`, ValueError / FileNotFoundError
+    for a bad `train.dataset_path`. `tools/train.py` runs it before training here or submitting to SLURM.
+    """
+    opts = [opt for opt in (args.opts or []) if opt != "--"]
+    cfg = load_config(args.config_file, [*opts, f"train.output_dir={os.path.abspath(args.output_dir)}"])
+    scaled_lr(cfg, world_size=1)
+    check_dataset_str(cfg.train.dataset_path)
+    return cfg
+
+
+def allow_tf32_matmuls() -> None:
+    """fp32 matmuls on CUDA run on TF32 tensor cores, as in official DINOv2 (set at import there).
+
+    Training and the step benchmark call this one function, so that they measure the same arithmetic.
+    """
+    torch.backends.cuda.matmul.allow_tf32 = True
+    logger.info("TF32 matmuls allowed")
+
+
 def setup(args: argparse.Namespace) -> DictConfig:
     """Config (defaults <- file <- overrides <- output dir), process group, logging, seeds, scaled lr.
 
@@ -86,15 +118,13 @@ def setup(args: argparse.Namespace) -> DictConfig:
     read-only mode.
     """
     output_dir = os.path.abspath(args.output_dir)
-    opts = [opt for opt in (args.opts or []) if opt != "--"]
-    cfg = load_config(args.config_file, [*opts, f"train.output_dir={output_dir}"])
+    cfg = check_args(args)
     os.makedirs(output_dir, exist_ok=True)
     environment = distributed.get_environment() or distributed.enable()
     setup_logging(output_dir)
     logger.info("launch: %s", environment)
     logger.info("arguments: %s", vars(args))
-    torch.backends.cuda.matmul.allow_tf32 = True  # official DINOv2 (set at import there); fp32 matmuls on CUDA only
-    logger.info("TF32 matmuls allowed")
+    allow_tf32_matmuls()
     cfg.optim.lr = scaled_lr(cfg, environment.world_size)
     logger.info(
         "optim.lr = %.6g (optim.base_lr %g, rule %s, global batch %d x %d x %d)",
@@ -116,7 +146,7 @@ def setup(args: argparse.Namespace) -> DictConfig:
 # Optimizer and schedules
 # ----------------------------------------------------------------------------------------------------------
 def get_params_groups(model: SSLMetaArch) -> list[dict[str, Any]]:
-    """Fused parameter groups of every student submodule (spec 6.2)."""
+    """Fused parameter groups of every student submodule (official rules, see dinov2.utils.param_groups)."""
     groups: list[dict[str, Any]] = []
     for module in model.student.values():
         groups += get_params_groups_with_decay(
@@ -130,47 +160,6 @@ def get_params_groups(model: SSLMetaArch) -> list[dict[str, Any]]:
 def build_optimizer(cfg: DictConfig, params_groups: list[dict[str, Any]]) -> torch.optim.AdamW:
     """AdamW with the config's betas, PyTorch defaults otherwise; lr / wd are set every iteration."""
     return torch.optim.AdamW(params_groups, betas=(cfg.optim.adamw_beta1, cfg.optim.adamw_beta2), foreach=True)
-
-
-@dataclasses.dataclass(frozen=True)
-class Schedules:
-    lr: CosineScheduler
-    wd: CosineScheduler
-    momentum: CosineScheduler
-    teacher_temp: CosineScheduler
-    last_layer_lr: CosineScheduler
-
-
-def build_schedulers(cfg: DictConfig, *, lr: float, epoch_length: int) -> Schedules:
-    """The five per-iteration schedules of spec 6.4 (E = epoch_length iterations per epoch)."""
-    total = cfg.optim.epochs * epoch_length
-    lr_args = dict(
-        base_value=lr,
-        final_value=cfg.optim.min_lr,
-        total_iters=total,
-        warmup_iters=cfg.optim.warmup_epochs * epoch_length,
-        start_warmup_value=cfg.optim.warmup_start_lr,
-    )
-    teacher_warmup = cfg.teacher.warmup_teacher_temp_epochs * epoch_length
-    return Schedules(
-        lr=CosineScheduler(**lr_args),
-        wd=CosineScheduler(
-            base_value=cfg.optim.weight_decay, final_value=cfg.optim.weight_decay_end, total_iters=total
-        ),
-        momentum=CosineScheduler(
-            base_value=cfg.teacher.momentum_teacher,
-            final_value=cfg.teacher.final_momentum_teacher,
-            total_iters=total,
-        ),
-        teacher_temp=CosineScheduler(
-            base_value=cfg.teacher.teacher_temp,
-            final_value=cfg.teacher.teacher_temp,
-            total_iters=teacher_warmup,
-            warmup_iters=teacher_warmup,
-            start_warmup_value=cfg.teacher.warmup_teacher_temp,
-        ),
-        last_layer_lr=CosineScheduler(**lr_args, zero_first_iters=cfg.optim.freeze_last_layer_epochs * epoch_length),
-    )
 
 
 def apply_optim_scheduler(optimizer: torch.optim.Optimizer, *, lr: float, wd: float, last_layer_lr: float) -> None:
@@ -213,21 +202,22 @@ def _no_target(_: Any) -> tuple[()]:
 
 
 def bad_image_metrics(dataset: Any) -> dict[str, float]:
-    """Undecodable-image counts of file-backed datasets (`dataset.bad_images`, dinov2/data/datasets/extended.py).
+    """Undecodable files of file-backed datasets (`dataset.bad_images`, dinov2/data/datasets/extended.py):
+    distinct files that failed, and their fraction of the distinct files read, on this rank.
 
     In-memory datasets (Digits) have no counter and report nothing.
     """
     counter = getattr(dataset, "bad_images", None)
     if counter is None:
         return {}
-    n_attempted, n_failed = counter.totals()
-    return {"bad_images": float(n_failed), "bad_image_fraction": n_failed / max(n_attempted, 1)}
+    n_read, n_failed = counter.totals()
+    return {"bad_images": float(n_failed), "bad_image_fraction": n_failed / max(n_read, 1)}
 
 
 def build_data_loader(cfg: DictConfig, dataset: Any, *, dtype: torch.dtype, start_iter: int) -> Iterable[Any]:
     """Endless loader of micro-batches; `start_iter` full steps of this rank's stream are skipped.
 
-    FIX (spec 12.1 #2): seeded with `train.seed` and advanced by the samples already consumed, so a
+    FIX of official DINOv2 (docs/data.md): seeded with `train.seed` and advanced by the samples already consumed, so a
     resumed run sees the data the uninterrupted run would have seen (official: seed = start_iter, no advance).
     """
     n_side = cfg.crops.global_crops_size // cfg.student.patch_size
@@ -276,20 +266,21 @@ def do_test(cfg: DictConfig, model: SSLMetaArch, name: str) -> str:
     return path
 
 
-def clip_and_step(model: SSLMetaArch, optimizer: torch.optim.Optimizer, clip_grad: float) -> dict[str, float]:
-    """Unscale (fp16), clip each student submodule separately (KEEP, spec 12.1 #5), optimizer step.
+def clip_and_step(model: SSLMetaArch, optimizer: torch.optim.Optimizer, clip_grad: float) -> dict[str, torch.Tensor]:
+    """Unscale (fp16), clip each student submodule separately (KEEP: as official DINOv2), optimizer step.
 
-    Returns the gradient norm of every student submodule before clipping (`<key>_grad_norm`).
+    Returns the gradient norm of every student submodule before clipping (`<key>_grad_norm`), as scalar
+    tensors on the device (reading them would synchronise; the loop reads them with the metrics).
     """
     scaler = model.grad_scaler
     if scaler is not None:
         scaler.unscale_(optimizer)
-    norms: dict[str, float] = {}
+    norms: dict[str, torch.Tensor] = {}
     if clip_grad > 0:
         for key, module in model.student.items():
             norm = torch.nn.utils.clip_grad_norm_(module.parameters(), clip_grad)
             full_tensor = getattr(norm, "full_tensor", None)
-            norms[f"{key}_grad_norm"] = float((full_tensor() if full_tensor is not None else norm).item())
+            norms[f"{key}_grad_norm"] = full_tensor() if full_tensor is not None else norm
     if scaler is not None:
         scaler.step(optimizer)
         scaler.update()
@@ -299,7 +290,24 @@ def clip_and_step(model: SSLMetaArch, optimizer: torch.optim.Optimizer, clip_gra
 
 
 class NonFiniteLossError(FloatingPointError):
-    """The reduced loss of a step is NaN or infinite; the step was not applied."""
+    """A step's loss terms or gradient norms were NaN or infinite (found at the next logged iteration)."""
+
+
+def non_finite_error(report: StepReport, iteration: int, last_checkpoint: str | None) -> NonFiniteLossError:
+    """The error for a read that found a non-finite step: which iteration, which terms, what was kept."""
+    first = report.first_non_finite
+    if first is not None:
+        terms = ", ".join(f"{name}={value:.6g}" for name, value in sorted(first.values.items()))
+        found = f"non-finite loss at iteration {first.iteration}: {terms}"
+    else:
+        found = "non-finite loss on another rank"
+    if first is None or first.iteration != iteration:
+        current = ", ".join(f"{name}={value:.6g}" for name, value in sorted(report.metrics.items()))
+        found += f" (found at iteration {iteration}: {current})"
+    kept = f"the last checkpoint, {last_checkpoint}, is untouched" if last_checkpoint else "there is no checkpoint"
+    return NonFiniteLossError(
+        f"{found}; nothing was saved after it and {kept} (lower optim.base_lr or raise optim.clip_grad)"
+    )
 
 
 def do_train(cfg: DictConfig, model: SSLMetaArch, ctx: RunContext, *, dataset: Any, resume: bool) -> dict[str, float]:
@@ -328,6 +336,7 @@ def do_train(cfg: DictConfig, model: SSLMetaArch, ctx: RunContext, *, dataset: A
     )
     log_period = cfg.train.log_period_iterations
     n_micro = cfg.train.grad_accum_steps
+    monitor = StepMonitor(ctx.device)
     logger.info("starting training at iteration %d of %d", start_iter, ctx.max_iter)
     iteration = start_iter
     for micro_batches in metric_logger.log_every(steps, log_period, "Training", ctx.max_iter, start_iter):
@@ -335,6 +344,9 @@ def do_train(cfg: DictConfig, model: SSLMetaArch, ctx: RunContext, *, dataset: A
         momentum, teacher_temp = schedules.momentum[iteration], schedules.teacher_temp[iteration]
         last_layer_lr = schedules.last_layer_lr[iteration]
         apply_optim_scheduler(optimizer, lr=lr, wd=wd, last_layer_lr=last_layer_lr)
+        clip_grad, loss_parameters = schedules.clip_grad[iteration], schedules.loss_parameters(iteration)
+        model.set_loss_parameters(**loss_parameters)
+        model.set_backbone_frozen(iteration < cfg.student.freeze_backbone_epochs * ctx.epoch_length)
         is_log_step = iteration % log_period == 0 or iteration == ctx.max_iter - 1
 
         optimizer.zero_grad(set_to_none=True)
@@ -351,16 +363,25 @@ def do_train(cfg: DictConfig, model: SSLMetaArch, ctx: RunContext, *, dataset: A
             )
             for name, value in metrics.items():
                 step_metrics[name] = step_metrics.get(name, 0.0) + value / n_micro
-        reduced = model.all_reduce_metrics(step_metrics)
-        if not math.isfinite(reduced["total_loss"]):
-            terms = ", ".join(f"{name}={value:.6g}" for name, value in sorted(reduced.items()))
-            raise NonFiniteLossError(
-                f"non-finite loss at iteration {iteration}: {terms}; the step was not applied and the last "
-                f"checkpoint in {checkpointer.save_dir} is untouched"
-            )
-        grad_norms = clip_and_step(model, optimizer, cfg.optim.clip_grad)
+        grad_norms = clip_and_step(model, optimizer, clip_grad)
         model.update_teacher(momentum)
+        checked = {name: step_metrics[name] for name in (*model.loss_weights, "total_loss")}
+        if model.grad_scaler is None:  # with loss scaling, overflowing gradients are expected (the step is skipped)
+            checked.update(grad_norms)
+        monitor.record(iteration, checked)
 
+        period = cfg.checkpointing.period_iterations
+        is_last_step = iteration == ctx.max_iter - 1
+        is_export_step = (
+            cfg.evaluation.eval_period_iterations > 0 and (iteration + 1) % cfg.evaluation.eval_period_iterations == 0
+        )
+        is_checkpoint_step = period > 0 and (iteration + 1) % period == 0
+        if not (is_log_step or is_last_step or is_export_step or is_checkpoint_step):
+            iteration += 1
+            continue  # no host-device synchronisation on this iteration
+        report = monitor.read({**step_metrics, **grad_norms})
+        if report.any_rank_non_finite:
+            raise non_finite_error(report, iteration, checkpointer.latest())
         current_batch_size = micro_batches[0]["collated_global_crops"].shape[0] // 2 * n_micro
         metric_logger.update(
             lr=lr,
@@ -368,26 +389,25 @@ def do_train(cfg: DictConfig, model: SSLMetaArch, ctx: RunContext, *, dataset: A
             mom=momentum,
             last_layer_lr=last_layer_lr,
             teacher_temp=teacher_temp,
+            clip_grad=clip_grad,
+            **loss_parameters,
             current_batch_size=current_batch_size,
-            **reduced,
-            **grad_norms,
+            **report.metrics,
             **(bad_image_metrics(dataset) if is_log_step else {}),
         )
         metric_logger.end_iteration()  # the metrics line is written before the checkpoint
-        if cfg.evaluation.eval_period_iterations > 0 and (iteration + 1) % cfg.evaluation.eval_period_iterations == 0:
+        if is_export_step:
             do_test(cfg, model, f"training_{iteration}")
-        period = cfg.checkpointing.period_iterations
-        if iteration == ctx.max_iter - 1:
+        if is_last_step:
             checkpointer.save("model_final", iteration=iteration, grad_scaler=model.grad_scaler)
-        elif preemption.should_stop(ctx.device):  # collective: polled on every iteration but the last
-            # SLURM time-out / preemption warning (dinov2.run.preemption): save what is done, let the launcher requeue
-            checkpointer.save(f"model_{iteration:07d}", iteration=iteration, grad_scaler=model.grad_scaler)
+        elif report.stop_signal is not None:
+            # SLURM warning, SIGTERM or Ctrl-C (dinov2.run.preemption): save what is done, then stop
+            path = checkpointer.save(f"model_{iteration:07d}", iteration=iteration, grad_scaler=model.grad_scaler)
+            logger.warning("stop requested by %s: saved %s", signal.Signals(report.stop_signal).name, path)
             if tensorboard is not None:
                 tensorboard.close()
-            signum = preemption.requested_signal()
-            assert signum is not None, "should_stop() records the signal on every rank"
-            raise preemption.TrainingPreempted(iteration, signum)
-        elif period > 0 and (iteration + 1) % period == 0:
+            raise preemption.TrainingPreempted(iteration, report.stop_signal)
+        elif is_checkpoint_step:
             checkpointer.save(f"model_{iteration:07d}", iteration=iteration, grad_scaler=model.grad_scaler)
         iteration += 1
     metric_logger.synchronize_between_processes()
@@ -407,14 +427,76 @@ def restore(
         assert trainer_state is not None, "a full load returns the trainer state"
         if model.grad_scaler is not None and trainer_state.grad_scaler is not None:
             model.grad_scaler.load_state_dict(trainer_state.grad_scaler)
+        log_config_changes(cfg, latest, trainer_state)
         return latest, trainer_state
     if cfg.MODEL.WEIGHTS:
         if not os.path.isdir(cfg.MODEL.WEIGHTS):
             raise ResumeError(f"MODEL.WEIGHTS={cfg.MODEL.WEIGHTS!r} is not a checkpoint directory; fix MODEL.WEIGHTS")
-        checkpointer.load(cfg.MODEL.WEIGHTS, model_only=True)
+        checkpointer.load(cfg.MODEL.WEIGHTS, model_only=True, backbone_across_objectives=True)
     else:
         logger.info("no checkpoint to resume from: training from scratch")
     return None
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, dict) and tree:
+        return {key: value for name, sub in tree.items() for key, value in _flatten(sub, f"{prefix}{name}.").items()}
+    return {prefix.removesuffix("."): tree}
+
+
+def config_changes(previous: DictConfig, current: DictConfig) -> dict[str, tuple[Any, Any]]:
+    """`{dotted key: (previous value, current value)}` for every leaf that differs (missing: `<absent>`)."""
+    old = _flatten(OmegaConf.to_container(previous, resolve=True))
+    new = _flatten(OmegaConf.to_container(current, resolve=True))
+    return {
+        key: (old.get(key, "<absent>"), new.get(key, "<absent>"))
+        for key in sorted(old.keys() | new.keys())
+        if old.get(key, "<absent>") != new.get(key, "<absent>")
+    }
+
+
+def _global_batch(cfg: DictConfig, world_size: int) -> str:
+    batch = cfg.train.batch_size_per_gpu * world_size * cfg.train.grad_accum_steps
+    return (
+        f"{batch} ({cfg.train.batch_size_per_gpu} per process x {world_size} processes x {cfg.train.grad_accum_steps})"
+    )
+
+
+def log_config_changes(cfg: DictConfig, checkpoint: str, trainer_state: TrainerState) -> None:
+    """Warn, before the first resumed step, about every config value that differs from the checkpointed run's
+    (the `config.yaml` saved in `checkpoint`), and spell out a change of the scaled learning rate."""
+    path = os.path.join(checkpoint, CONFIG_FILE)
+    if not os.path.isfile(path):
+        logger.warning(
+            "%s has no %s (an older checkpoint): changes of the config cannot be listed", checkpoint, CONFIG_FILE
+        )
+        return
+    previous = OmegaConf.load(path)
+    assert isinstance(previous, DictConfig), f"{path} holds a list, not a config"
+    changes = config_changes(previous, cfg)
+    if not changes:
+        logger.info("resuming with the config of %s unchanged", checkpoint)
+        return
+    logger.warning(
+        "resuming with %d config values that differ from the run that wrote %s (%s now holds the new values):\n%s",
+        len(changes),
+        checkpoint,
+        os.path.join(cfg.train.output_dir, "config.yaml"),
+        "\n".join(f"  {key}: {old!r} -> {new!r}" for key, (old, new) in changes.items()),
+    )
+    if "optim.lr" in changes:
+        logger.warning(
+            "the learning rate changes on resume: optim.lr %.6g -> %.6g (optim.base_lr %g -> %g, global batch %s -> "
+            "%s, "
+            "optim.scaling_rule %s); the lr schedule continues with the new value",
+            previous.optim.lr,
+            cfg.optim.lr,
+            previous.optim.base_lr,
+            cfg.optim.base_lr,
+            _global_batch(previous, trainer_state.world_size),
+            _global_batch(cfg, distributed.get_global_size()),
+            cfg.optim.scaling_rule,
+        )
 
 
 def build_run_context(cfg: DictConfig, dataset_length: int) -> RunContext:
@@ -436,10 +518,13 @@ def build_run_context(cfg: DictConfig, dataset_length: int) -> RunContext:
 
 
 def build_model(cfg: DictConfig, device: torch.device, meta_arch_factory: MetaArchFactory) -> SSLMetaArch:
-    """Meta-architecture on `device`, rank 0's initial weights everywhere, sharded when distributed."""
+    """Meta-architecture on `device`, rank 0's initial weights everywhere, compiled (`compile`), sharded when
+    distributed."""
     model = meta_arch_factory(cfg)
     model.to(device)
     distributed.broadcast_module_states_(model)
+    if cfg.compile:
+        compile_meta_arch(model)  # before sharding: activation checkpointing (in the model) -> compile -> FSDP
     if distributed.is_enabled():
         model.prepare_for_distributed_training(build_meshes(device))
     model.build_grad_scaler(device)
@@ -470,4 +555,7 @@ def main(args: argparse.Namespace, meta_arch_factory: MetaArchFactory = SSLMetaA
         iteration = torch.load(os.path.join(latest, "trainer_state.pth"), weights_only=True)["iteration"]
         do_test(cfg, model, f"manual_{iteration}")
         return {}
-    return do_train(cfg, model, ctx, dataset=dataset, resume=args.resume)
+    # SIGTERM / Ctrl-C: checkpoint at the next logged iteration and raise TrainingPreempted (tools/train.py
+    # turns it into one line and exit code 128 + signal)
+    with preemption.handle_stop_signals(signal.SIGTERM, signal.SIGINT):
+        return do_train(cfg, model, ctx, dataset=dataset, resume=args.resume)

@@ -1,12 +1,12 @@
 """Optimizer parameter groups: layer-wise lr decay, patch-embed lr multiplier, weight-decay multipliers.
 
-Per trainable parameter (official DINOv2 rules, spec 6.2):
+Per trainable parameter (official DINOv2 rules):
 - layer id: tokens / pos_embed / patch_embed / mask_token / register_tokens -> 0; `blocks.i` (flat) or
   `blocks.c.i` (chunked, global block index i) -> i + 1; everything else (final norm, heads) -> L + 1.
 - `lr_multiplier = layerwise_decay ** (L + 1 - layer_id)`, times `patch_embed_lr_mult` for patch_embed.
   Head parameters (n_blocks = 0) get 1.
 - `wd_multiplier = 0` for biases and names containing `norm` or `gamma` (LayerScale); tokens, pos_embed,
-  mask_token and `last_layer.weight_g` keep weight decay (KEEP, spec 12.1 #6).
+  mask_token and `last_layer.weight_g` keep weight decay (KEEP: as official DINOv2).
 - `is_last_layer = "last_layer" in name` (the prototype layer frozen by a zero lr schedule).
 Groups with identical (lr_multiplier, wd_multiplier, is_last_layer) are fused.
 """

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
+from dinov2.data.decoding import decode_image
 from eval.davis.layout import (
     VOID_LABEL,
     annotation_paths,
@@ -113,14 +114,12 @@ def patch_grid(height: int, width: int, *, patch_size: int, short_side: int = 48
 
 def read_frame(path: str | Path, *, patch_size: int, short_side: int = 480) -> tuple[Tensor, tuple[int, int]]:
     """Read and normalise one frame -> (float32 [3, h·p, w·p], original (H, W))."""
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
-        raise FileNotFoundError(f"cannot read frame {path}")
+    image = np.asarray(decode_image(path))  # RGB uint8 [H, W, 3]
     height, width = image.shape[:2]
     resized_height, resized_width = resized_frame_size(height, width, short_side)
     image = cv2.resize(image, (resized_width, resized_height), interpolation=cv2.INTER_LINEAR)
     grid_height, grid_width = resized_height // patch_size, resized_width // patch_size
-    image = image[: grid_height * patch_size, : grid_width * patch_size, ::-1]  # BGR -> RGB
+    image = image[: grid_height * patch_size, : grid_width * patch_size]
     frame = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)
     mean = torch.tensor(FRAME_MEAN).view(3, 1, 1)
     std = torch.tensor(FRAME_STD).view(3, 1, 1)

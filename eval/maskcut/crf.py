@@ -1,7 +1,7 @@
 """Dense-CRF refinement of a binary mask (Krähenbühl & Koltun 2011) with MaskCut's settings.
 
 Uses `pydensecrf` (installed by the `pydensecrf2==1.1` package, the `crf` extra). Settings from
-`shared/spec/eval_protocols.md` section 2.2 step 9: unary = -log(clip(softmax([1 - m, m]), 1e-5)),
+CutLER's `maskcut.py` (github.com/facebookresearch/CutLER): unary = -log(clip(softmax([1 - m, m]), 1e-5)),
 a Gaussian pairwise term (sxy 3, compat 7), a bilateral term (sxy 50, srgb 5, compat 10) on the resized
 RGB image, 10 mean-field iterations, MAP labels, holes filled; the refined mask is discarded when its IoU
 with the raw mask is below 0.5.

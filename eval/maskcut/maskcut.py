@@ -1,6 +1,6 @@
 """MaskCut on images with the project's ViT: resize, last-block features, iterated NCut, optional CRF.
 
-Per image (spec `shared/spec/eval_protocols.md` section 2.2): resize to fixed_size x fixed_size with
+Per image (CutLER's MaskCut, see docs/maskcut.md): resize to fixed_size x fixed_size with
 LANCZOS (aspect ratio not kept), ImageNet normalisation, last-block key features (or q / v / kqv / the
 final patch tokens), `ncut_patch_masks`, nearest upsampling to fixed_size with earlier masks subtracted,
 optional dense CRF with the IoU filter, then each mask resized back to the original size (bicubic on a
@@ -16,6 +16,7 @@ import torchvision.transforms.functional as TF
 from PIL import Image
 from torch import Tensor
 
+from dinov2.data.decoding import to_rgb
 from dinov2.models.vision_transformer import DinoVisionTransformer
 from eval.maskcut.crf import refine_mask
 from eval.maskcut.ncut import emit_image_masks, ncut_patch_masks
@@ -29,7 +30,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 def preprocess_image(image: Image.Image, fixed_size: int) -> tuple[Tensor, np.ndarray]:
     """Resize an image to fixed_size² (LANCZOS) -> (normalised tensor [3, S, S], uint8 RGB [S, S, 3])."""
-    resized = image.convert("RGB").resize((fixed_size, fixed_size), Image.Resampling.LANCZOS)
+    resized = to_rgb(image).resize((fixed_size, fixed_size), Image.Resampling.LANCZOS)
     tensor = TF.normalize(TF.to_tensor(resized), IMAGENET_MEAN, IMAGENET_STD)
     return tensor, np.asarray(resized, dtype=np.uint8).copy()
 

@@ -1,8 +1,9 @@
 """Patch-level MaskCut: iterated Normalized Cut on a binary cosine-affinity graph of ViT patch features.
 
 Written from the definitions in the MaskCut paper (Wang et al., "Cut and Learn for Unsupervised Object
-Detection and Instance Segmentation", CVPR 2023) and TokenCut (Wang et al., CVPR 2022); the behaviour
-(seed and corner rules, drop rules, painting) follows `shared/spec/eval_protocols.md` section 2.2.
+Detection and Instance Segmentation", CVPR 2023) and TokenCut (Wang et al., CVPR 2022); the seed and corner
+rules, drop rules and painting follow CutLER's `maskcut.py` (github.com/facebookresearch/CutLER), as
+docs/maskcut.md describes.
 
 One iteration on a grid of P = h * w patches with features F [P, D]:
 
@@ -18,6 +19,7 @@ then drop the new mask when its IoU with the previous kept mask is > 0.5 or it c
 """
 
 import logging
+import time
 
 import numpy as np
 import torch
@@ -55,6 +57,26 @@ def second_smallest_eigenvectors(affinity: Tensor) -> Tensor:
     identity = torch.eye(affinity.shape[-1], dtype=affinity.dtype, device=affinity.device)
     _, eigenvectors = torch.linalg.eigh(identity - normalized)  # ascending eigenvalues
     return eigenvectors[..., 1] * inv_sqrt_degree
+
+
+def estimate_eigensolve_seconds(n_patches: int, device: torch.device | str, *, calibration_size: int = 1024) -> float:
+    """Seconds that one `second_smallest_eigenvectors` solve of a P x P graph takes on `device`, estimated.
+
+    Times one dense float64 `eigh` of `calibration_size` (or P, when smaller) on `device` and scales it by the
+    solver's cubic cost, (P / calibration_size) ** 3. A MaskCut image costs `n_masks` such solves. Measured
+    against real solves (benchmarks/maskcut_eigensolve.py): within 10 % on one CPU thread up to P = 2,304; an
+    upper bound with many threads or on a GPU, where larger solves run more efficiently (measured / estimate at
+    P = 3,600: 0.5 on 16 CPU threads, 0.2 on an H100).
+    """
+    size = min(n_patches, calibration_size)
+    generator = torch.Generator().manual_seed(0)
+    matrix = torch.rand(size, size, dtype=torch.float64, generator=generator).to(device)
+    matrix = matrix + matrix.T
+    float(torch.linalg.eigh(matrix).eigenvalues[0])  # warm-up: the first calls set up the solver and workspace
+    start = time.perf_counter()
+    eigenvalues = torch.linalg.eigh(matrix).eigenvalues
+    float(eigenvalues[0])  # waits for an asynchronous device
+    return (time.perf_counter() - start) * (n_patches / size) ** 3
 
 
 def choose_foreground(eigenvector: np.ndarray) -> tuple[np.ndarray, tuple[int, int]]:
@@ -121,8 +143,18 @@ def ncut_patch_masks(
         if iteration > 0:
             painted |= torch.from_numpy(kept[:, iteration - 1].reshape(n_images, n_patches)).to(features.device)
         current = features.masked_fill(painted[:, :, None], 0.0)
+        start = time.perf_counter()
         eigenvectors = second_smallest_eigenvectors(affinity_graph(current, tau=tau, eps=eps))
         eigenvectors_np = eigenvectors.cpu().numpy().reshape(n_images, height, width)
+        logger.info(
+            "NCut iteration %d/%d: %d eigen-solve%s of %d patches in %.2f s",
+            iteration + 1,
+            n_masks,
+            n_images,
+            "s" if n_images > 1 else "",
+            n_patches,
+            time.perf_counter() - start,
+        )
         for index in range(n_images):
             foreground, seed = choose_foreground(eigenvectors_np[index])
             mask = seed_component(foreground, seed)

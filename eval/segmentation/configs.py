@@ -29,8 +29,8 @@ Differences from the official 0.x runs:
 * no intermediate validation (the official one every 10k iterations only monitored the run; the final
   model is evaluated once) and no periodic mmengine checkpoints (they would hold the whole backbone; the
   trained head is saved on its own by `tools/eval_segmentation.py`).
-* the +ms training scale range (1, 3) and stride 426 come from the project spec's reading of the official
-  config, not from the file itself.
+* the +ms training scale range (1, 3) and stride 426 are our reading of the official "+ms" config of
+  github.com/facebookresearch/dinov2 (not checked against the file itself).
 """
 
 from typing import Literal
@@ -132,7 +132,7 @@ def ade20k_config(
     n_maps = len(out_indices)
 
     train_pipeline = [
-        dict(type="LoadImageFromFile"),
+        dict(type="LoadRGBImageFromFile"),
         dict(type="LoadAnnotations"),
         dict(
             type="RandomResize",
@@ -146,7 +146,7 @@ def ade20k_config(
         dict(type="PackSegInputs"),
     ]
     test_pipeline = [
-        dict(type="LoadImageFromFile"),
+        dict(type="LoadRGBImageFromFile"),
         dict(type="Resize", scale=(UNBOUNDED_LONG_SIDE, crop), keep_ratio=True),
         dict(type="LoadAnnotations"),
         dict(type="PackSegInputs"),
@@ -229,7 +229,7 @@ def ade20k_config(
             for ratio in MS_TEST_RATIOS
         ]
         tta_pipeline = [
-            dict(type="LoadImageFromFile"),
+            dict(type="LoadRGBImageFromFile"),
             dict(
                 type="TestTimeAug",
                 transforms=[

@@ -1,9 +1,10 @@
 """mmsegmentation modules of the DINOv2 linear segmentation protocol: a frozen ViT backbone and `BNHead`.
 
-Importing this module registers `DinoVisionTransformerBackbone` and `BNHead` in `mmseg.registry.MODELS`
-(mmseg's plugin mechanism: configs name it in `custom_imports`). Registration needs `mmseg.models`, which
+Importing this module registers `DinoVisionTransformerBackbone` and `BNHead` in `mmseg.registry.MODELS` and
+`LoadRGBImageFromFile` in `mmseg.registry.TRANSFORMS` (mmseg's plugin mechanism: configs name it in
+`custom_imports`). Registration needs `mmseg.models`, which
 imports `mmcv.ops`, so the import first makes sure `mmcv._ext` is importable: the stand-in of
-`eval.segmentation.mmcv_ext` is registered when (and only when) no compiled mmcv extension exists. These two
+`eval.segmentation.mmcv_ext` is registered when (and only when) no compiled mmcv extension exists. These
 registrations are the module's only import-time effects.
 """
 
@@ -11,6 +12,7 @@ import logging
 import math
 from typing import Literal, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -20,9 +22,11 @@ from eval.segmentation.mmcv_ext import install_mmcv_ext_standin
 install_mmcv_ext_standin()
 
 from mmcv.cnn import build_norm_layer  # noqa: E402
+from mmcv.transforms import BaseTransform  # noqa: E402
 from mmseg.models.decode_heads.decode_head import BaseDecodeHead  # noqa: E402
-from mmseg.registry import MODELS  # noqa: E402
+from mmseg.registry import MODELS, TRANSFORMS  # noqa: E402
 
+from dinov2.data.decoding import decode_image  # noqa: E402
 from dinov2.eval.setup import build_backbone_for_eval  # noqa: E402
 
 logger = logging.getLogger(__name__)
@@ -50,6 +54,20 @@ def resolve_block_indices(out_indices: Sequence[int], n_blocks: int) -> list[int
             "use (-1,) for the last block or (-4, -3, -2, -1) for the last four"
         )
     return resolved
+
+
+@TRANSFORMS.register_module()
+class LoadRGBImageFromFile(BaseTransform):
+    """mmcv's `LoadImageFromFile` through `dinov2.data.decoding.decode_image`, so 16-bit, float, CMYK and
+    transparent images are converted as in training. Sets `img` (uint8 [H, W, 3] in BGR order, the layout
+    the segmentation data preprocessor's `bgr_to_rgb` expects), `img_shape` and `ori_shape`."""
+
+    def transform(self, results: dict) -> dict:
+        image = np.ascontiguousarray(np.asarray(decode_image(results["img_path"]))[..., ::-1])
+        results["img"] = image
+        results["img_shape"] = image.shape[:2]
+        results["ori_shape"] = image.shape[:2]
+        return results
 
 
 @MODELS.register_module()

@@ -18,8 +18,9 @@ from mmengine.dataset import pseudo_collate
 from mmengine.model import is_model_wrapper
 from mmengine.registry import DefaultScope
 from mmengine.runner import Runner
-from PIL import Image
 from torch import nn
+
+from dinov2.data.decoding import decode_image
 
 logger = logging.getLogger(__name__)
 
@@ -154,7 +155,7 @@ def save_prediction_figure(samples: list[dict], path: str | Path) -> None:
     FigureCanvasAgg(figure)
     axes = figure.subplots(len(samples), 3, squeeze=False)
     for row, sample in zip(axes, samples, strict=True):
-        image = np.asarray(Image.open(sample["img_path"]).convert("RGB"))
+        image = np.asarray(decode_image(sample["img_path"]))
         panels = [image, _colorize(sample["gt"], sample["palette"]), _colorize(sample["pred"], sample["palette"])]
         titles = [Path(sample["img_path"]).name, "ground truth", "prediction"]
         for axis, panel, title in zip(row, panels, titles, strict=True):

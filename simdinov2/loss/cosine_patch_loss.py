@@ -33,7 +33,7 @@ class CosinePatchLoss(nn.Module):
         student_patch_tokens_masked: Tensor,
         teacher_patch_tokens_masked: Tensor,
         student_masks_flat: Tensor,
-        n_masked_patches: int | Tensor | None = None,
+        n_masked_patches: int | None = None,
         masks_weight: Tensor | None = None,
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """Masked-patch cosine loss.
@@ -43,7 +43,8 @@ class CosinePatchLoss(nn.Module):
                 n_masked_patches are padding).
             teacher_patch_tokens_masked: [M, K] or [n_masked, K] teacher features of the same patches.
             student_masks_flat: [n_crops, P] bool masks of the global crops (n_crops = 2B).
-            n_masked_patches: number of real rows (all teacher rows when None).
+            n_masked_patches: number of real rows (all teacher rows when None); a Python int, so that slicing
+                does not wait for the device.
             masks_weight: [n_masked] weight of each masked patch; default 1 / (masked patches in its crop).
 
         Returns:
@@ -56,7 +57,7 @@ class CosinePatchLoss(nn.Module):
                     f"{name} patch features have shape {tuple(tensor.shape)}; expected [n, {self.patch_out_dim}] "
                     "(patch_out_dim)"
                 )
-        n_rows = teacher_patch_tokens_masked.shape[0] if n_masked_patches is None else int(n_masked_patches)
+        n_rows = teacher_patch_tokens_masked.shape[0] if n_masked_patches is None else n_masked_patches
         with no_autocast(student_patch_tokens_masked):
             student = at_least_fp32(student_patch_tokens_masked)[:n_rows]
             teacher = at_least_fp32(teacher_patch_tokens_masked)[:n_rows].detach()

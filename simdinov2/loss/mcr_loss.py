@@ -40,56 +40,51 @@ _GAMMA_RULES = ("official", "theorem")
 
 
 class HalfLogdet(NamedTuple):
-    """½·logdet values and how many matrices needed the float64 eigenvalue fallback."""
+    """½·logdet values and, as a device tensor, how many matrices needed the float64 fallback."""
 
     value: Tensor
-    n_fallbacks: int
+    n_fallbacks: Tensor
 
 
-def _half_logdet_from_eigenvalues(cov: Tensor, alpha: float, rounding_eps: float) -> Tensor:
-    """½·Σ log(1 + alpha·λ) over the eigenvalues λ of cov, in float64; cov: [..., p, p] -> [...].
+def _half_logdet_cholesky(matrix: Tensor) -> tuple[Tensor, Tensor]:
+    """½·logdet = Σ log diag(L) of positive definite matrices [..., p, p] -> ([...], failed [...] bool).
 
-    cov is positive semi-definite by construction (a sum of outer products), so eigenvalues below
-    `p · rounding_eps · λ_max` (rounding noise of the dtype cov was computed in) are taken as 0, as in a
-    numerical-rank computation. Matrices with non-finite entries give NaN.
+    Rows that did not factorise hold NaN. Differentiable; no host-device synchronisation (`cholesky_ex`).
     """
-    cov64 = cov.to(torch.float64)
-    is_finite = torch.isfinite(cov64).flatten(start_dim=-2).all(dim=-1)  # [...]
-    safe = torch.where(is_finite[..., None, None], cov64, torch.zeros_like(cov64))
-    eigenvalues = torch.linalg.eigvalsh(0.5 * (safe + safe.mT))  # [..., p], ascending
-    tolerance = cov.shape[-1] * rounding_eps * eigenvalues[..., -1:].clamp(min=0.0)
-    eigenvalues = torch.where(eigenvalues > tolerance, eigenvalues, torch.zeros_like(eigenvalues))
-    value = 0.5 * torch.log1p(alpha * eigenvalues).sum(dim=-1)
-    return torch.where(is_finite, value, torch.full_like(value, float("nan")))
+    chol, info = torch.linalg.cholesky_ex(matrix)
+    value = chol.diagonal(dim1=-2, dim2=-1).log().sum(dim=-1)
+    failed = info != 0
+    return torch.where(failed, torch.full_like(value, float("nan")), value), failed
 
 
 def half_logdet_identity_plus(cov: Tensor, alpha: float) -> HalfLogdet:
     """½·logdet(I + alpha·cov) for symmetric positive semi-definite cov: [..., p, p] -> value [...].
 
     Computed with a Cholesky factorisation, ½·logdet = Σ log diag(L), in float32 (float64 inputs stay
-    float64) whatever the autocast dtype. Where the factorisation fails (a matrix that is numerically not
-    positive definite: tiny eps, huge or degenerate features) all matrices of the call are recomputed from
-    the float64 eigenvalues of cov instead (eigenvalues within rounding noise of 0 count as 0), a warning
-    is logged, and `n_fallbacks` counts the failed ones (upstream returned NaN silently). Reading the
-    factorisation status costs one device-to-host sync.
+    float64) whatever the autocast dtype. A matrix whose float32 factorisation fails (numerically not
+    positive definite: tiny eps, huge or degenerate features) takes the float64 factorisation of the same
+    matrix instead, and `n_fallbacks` counts them (upstream returned NaN silently). A matrix that fails in
+    float64 too (non-finite features, eps far below any recipe's) gives NaN, which the training loop reports
+    as a non-finite loss. Nothing here waits for the device: the float64 branch is computed for every call
+    (p³/3 float64 operations per matrix, negligible next to the backbone) and selected per matrix on the
+    device, and a failed factorisation is first replaced by the identity so that its garbage cannot reach
+    the gradient.
     """
     with no_autocast(cov):
         cov = at_least_fp32(cov)
-        size = cov.shape[-1]
-        eye = torch.eye(size, dtype=cov.dtype, device=cov.device)
-        chol, info = torch.linalg.cholesky_ex(eye + alpha * cov)
-        n_failed = int((info != 0).sum())
-        if n_failed == 0:
-            return HalfLogdet(chol.diagonal(dim1=-2, dim2=-1).log().sum(dim=-1), 0)
-        logger.warning(
-            "Cholesky factorisation of I + %.3g * cov failed for %d of %d matrices; using the float64 "
-            "eigenvalue log-determinant for this call",
-            alpha,
-            n_failed,
-            info.numel(),
-        )
-        value = _half_logdet_from_eigenvalues(cov, alpha, rounding_eps=torch.finfo(cov.dtype).eps)
-        return HalfLogdet(value.to(cov.dtype), n_failed)
+        eye = torch.eye(cov.shape[-1], dtype=cov.dtype, device=cov.device)
+        matrix = eye + alpha * cov
+        with torch.no_grad():
+            failed = torch.linalg.cholesky_ex(matrix).info != 0  # [...]
+        keep = failed[..., None, None]
+        value, _ = _half_logdet_cholesky(torch.where(keep, eye, matrix))
+        if cov.dtype == torch.float64:
+            return HalfLogdet(torch.where(failed, torch.full_like(value, float("nan")), value), failed.sum())
+        eye64 = eye.to(torch.float64)
+        matrix64 = eye64 + alpha * cov.to(torch.float64)  # from cov: `matrix` may have lost the identity to rounding
+        value64, _ = _half_logdet_cholesky(torch.where(keep, matrix64, eye64))
+        value = torch.where(failed, value64.to(value.dtype), value)
+        return HalfLogdet(value, failed.sum())
 
 
 def coding_rate(z: Tensor, eps_sq: float, n_total: int | None = None) -> HalfLogdet:
@@ -136,7 +131,7 @@ class MCRLoss(nn.Module):
     `loss, comp_loss (= comp), global_comp_loss (mean of the global cross-view pairs), expa_loss
     (= gamma · mean_v R_v), effective_eps, cholesky_fallbacks`.
 
-    Closed form (spec 10.3): p = m = 4, eps = 0.5, one process, expa_type 0, all four views the 4x4
+    Closed form: p = m = 4, eps = 0.5, one process, expa_type 0, all four views the 4x4
     identity: comp = 1, R = 2·ln 3, gamma = 0.5, expa = ln 3, loss = -1 - ln 3.
     """
 
@@ -200,8 +195,8 @@ class MCRLoss(nn.Module):
         global_comp = global_sim.masked_fill(same_view[:, :n_teacher], 0.0).sum() / (n_teacher * (n_teacher - 1))
         return comp, global_comp
 
-    def expansion(self, features: Tensor, *, eps: float, coeff: float) -> tuple[Tensor, int]:
-        """gamma · mean_v R_v of the views' covariances; features: [V, m, p] -> (scalar, Cholesky fallbacks)."""
+    def expansion(self, features: Tensor, *, eps: float, coeff: float) -> tuple[Tensor, Tensor]:
+        """gamma · mean_v R_v of the views' covariances; features: [V, m, p] -> (scalar, Cholesky fallbacks [])."""
         n_per_rank, p = features.shape[1], features.shape[2]
         cov = torch.einsum("vmp,vmq->vpq", features, features)  # [V, p, p], sums over the m local samples
         if self.reduce_cov == 1:
@@ -240,8 +235,9 @@ class MCRLoss(nn.Module):
             "comp_loss": comp.detach(),
             "global_comp_loss": global_comp,
             "expa_loss": expa.detach(),
-            "effective_eps": loss.new_tensor(self.effective_eps(eps)),
-            "cholesky_fallbacks": loss.new_tensor(float(n_fallbacks)),
+            # torch.full, not new_tensor: a fill on the device instead of a host-to-device copy in the step
+            "effective_eps": torch.full((), self.effective_eps(eps), dtype=loss.dtype, device=loss.device),
+            "cholesky_fallbacks": n_fallbacks.to(loss.dtype),
         }
         return loss, metrics
 

@@ -1,6 +1,6 @@
 """SimDINO / SimDINOv2 meta-architecture: DINOv2's SSLMetaArch with coding-rate and cosine losses.
 
-The delta over `dinov2.train.ssl_meta_arch.SSLMetaArch` (paper eq. 9 and 17, spec section 10):
+The delta over `dinov2.train.ssl_meta_arch.SSLMetaArch` (paper eq. 9 and 17):
 
 * heads without the weight-normed prototype layer (`DINOHead(remove_last_layer=True)`): a 3-layer MLP to
   the bottleneck, l2-normalised, so the teacher export holds only `backbone.*` and `dino_head.mlp.*`;
@@ -109,6 +109,12 @@ class SimDINOMetaArch(SSLMetaArch):
             weights["ibot_comp_loss"] = self.cfg.ibot.loss_weight
         return weights
 
+    def set_loss_parameters(self, *, ibot_loss_weight: float, mcr_eps: float, mcr_coeff: float) -> None:
+        """This iteration's iBOT weight and coding-rate eps / coeff (`dino.mcr.eps_end` / `coeff_end` schedules)."""
+        if self.use_ibot:
+            self.loss_weights["ibot_comp_loss"] = ibot_loss_weight
+        self.mcr_eps, self.mcr_coeff = mcr_eps, mcr_coeff
+
     # ------------------------------------------------------------------------------------------------------
     # The training step
     # ------------------------------------------------------------------------------------------------------
@@ -160,7 +166,7 @@ class SimDINOMetaArch(SSLMetaArch):
                 student["student_masked_patch_logits"],
                 teacher["teacher_patch_features"],
                 student_masks_flat=batch["collated_masks"],
-                n_masked_patches=batch["n_masked_patches"],
+                n_masked_patches=batch["mask_indices_list"].shape[0],
                 masks_weight=batch["masks_weight"],
             )
         return terms, diagnostics

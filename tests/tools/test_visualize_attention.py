@@ -13,7 +13,7 @@ from dinov2.eval.attention_maps import (
     upsample_maps,
 )
 from dinov2.models.vision_transformer import DinoVisionTransformer
-from tools.visualize_attention import SKIMAGE_PHOTOS, get_args_parser, main
+from tools.visualize_attention import SKIMAGE_PHOTOS, default_title, get_args_parser, main
 
 
 def tiny_vit(num_register_tokens: int) -> DinoVisionTransformer:
@@ -121,3 +121,14 @@ def test_tool_writes_pngs_for_scikit_image_photos(tmp_path) -> None:
             pixels = np.asarray(png.convert("RGB"))
         assert pixels.shape[0] > 100 and pixels.shape[1] > 100
         assert pixels.std() > 10  # a real picture, not a blank canvas
+
+
+def test_default_title_names_the_run(tmp_path, monkeypatch) -> None:
+    teacher = tmp_path / "my_run" / "eval" / "training_199" / "teacher_checkpoint.pth"
+    teacher.parent.mkdir(parents=True)
+    assert default_title(str(teacher)) == "my_run (training_199 teacher)"
+    monkeypatch.chdir(tmp_path / "my_run")
+    assert default_title("eval/training_199/teacher_checkpoint.pth") == "my_run (training_199 teacher)"
+    assert default_title(str(tmp_path / "weights" / "vits14.pth")) == "weights/vits14.pth"
+    assert default_title(None, str(tmp_path / "my_run" / "config.yaml")) == "random init (my_run)"
+    assert default_title(None) == "random init"

@@ -1,5 +1,5 @@
 from dinov2.data.datasets.digits import Digits, DigitsSplit
-from dinov2.data.datasets.extended import BadImageCounter, BadImageError, ExtendedVisionDataset, decode_image
+from dinov2.data.datasets.extended import BadImageCounter, BadImageError, ExtendedVisionDataset
 from dinov2.data.datasets.image_folder import ImageFolder
 from dinov2.data.datasets.image_net import ImageNet, ImageNetSplit
 from dinov2.data.datasets.image_net_22k import ImageNet22k
@@ -14,5 +14,4 @@ __all__ = [
     "ImageNet",
     "ImageNet22k",
     "ImageNetSplit",
-    "decode_image",
 ]

@@ -14,6 +14,8 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
+from dinov2.data.decoding import to_rgb
+
 logger = logging.getLogger(__name__)
 
 DIGITS_IMAGE_SIZE = 32
@@ -50,7 +52,7 @@ class Digits(Dataset):
         images, targets = (images_train, targets_train) if split == DigitsSplit.TRAIN else (images_val, targets_val)
         pixels = np.round(images * 255.0 / 16.0).astype(np.uint8)
         self._images = [
-            Image.fromarray(digit).resize((DIGITS_IMAGE_SIZE, DIGITS_IMAGE_SIZE), Image.BICUBIC).convert("RGB")
+            to_rgb(Image.fromarray(digit).resize((DIGITS_IMAGE_SIZE, DIGITS_IMAGE_SIZE), Image.BICUBIC))
             for digit in pixels
         ]
         self._targets = np.asarray(targets, dtype=np.int64)

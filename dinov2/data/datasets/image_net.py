@@ -1,4 +1,4 @@
-"""ImageNet-1k with the official `extra` metadata (spec section 5.4).
+"""ImageNet-1k with the official `extra` metadata (see docs/data.md).
 
 Layout under `root`: `train/<wnid>/<wnid>_<n>.JPEG`, `val/<wnid>/ILSVRC2012_val_<8 digits>.JPEG`,
 `test/ILSVRC2012_test_<8 digits>.JPEG` and `labels.txt` (CSV `wnid,name`). Metadata under `extra`,
@@ -7,7 +7,7 @@ written once per split by `dump_extra()` (see tools/prepare_imagenet.py) and mem
 per image in sorted class-folder / sorted file order), `class-ids-<SPLIT>.npy`, `class-names-<SPLIT>.npy`
 (not for TEST). The files are byte-compatible with the official ones.
 
-Change from official (spec 12.1 item 17): the split sizes are not asserted, so subsets work; a size that
+Change from official: the split sizes are not asserted, so subsets work; a size that
 differs from the full split is logged.
 """
 

@@ -1,4 +1,4 @@
-"""ImageNet-22k read from one tarball per class (spec section 5.5).
+"""ImageNet-22k read from one tarball per class (the official DINOv2 layout, see docs/data.md).
 
 Layout under `root`: `<wnid>.tar` per class and `blocks/<wnid>.log`, the block listing of the tarball as
 written by `tar -tRf <wnid>.tar > blocks/<wnid>.log` (lines `block N: <member name>`, ending with
@@ -9,7 +9,7 @@ member's tar header and of the next header) and `extra/class-ids.npy`. An image 
 the decoders); gzip-wrapped members (a few dozen in the official release) are recognised by their
 magic bytes and decompressed.
 
-Fixes over the official code (spec 12.1 item 12): `dump_extra` works; offsets are 64-bit (the official
+Fixes over the official code: `dump_extra` works; offsets are 64-bit (the official
 uint32 overflows for tarballs above 4 GiB, so files written by the official code must be regenerated);
 the member `n06470073_47249.JPEG`, skipped officially, is left out of the entries as well.
 """

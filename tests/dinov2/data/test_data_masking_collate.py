@@ -12,7 +12,7 @@ from dinov2.data import MaskingGenerator, collate_data_and_cast, default_max_num
 
 
 def _reference_mask(generator: MaskingGenerator, n: int) -> np.ndarray:
-    """Cell-by-cell transcription of the official algorithm (spec 4.9), same random calls."""
+    """Cell-by-cell transcription of the official algorithm, same random calls."""
     mask = np.zeros((generator.height, generator.width), dtype=int)
     count = 0
     while count < n:

@@ -6,6 +6,7 @@ import torch
 
 from dinov2 import distributed
 from dinov2.distributed import detect_environment, parse_slurm_nodelist
+from dinov2.utils.device import cuda_device_index
 
 TORCHRUN = {"MASTER_ADDR": "10.0.0.1", "MASTER_PORT": "29500", "RANK": "3", "WORLD_SIZE": "8", "LOCAL_RANK": "1",
             "LOCAL_WORLD_SIZE": "4"}  # fmt: skip
@@ -83,3 +84,27 @@ def test_setup_logging_writes_the_rank_file(tmp_path):
     for handler in logging.getLogger("dinov2").handlers:
         handler.flush()
     assert "hello from the test" in (tmp_path / "logs" / "log.txt").read_text()
+
+
+def _slurm_task(local_id: int, cuda_visible_devices: str) -> dict[str, str]:
+    """The variables SLURM sets for task `local_id` of node 0 (2 nodes x 4 tasks), as srun exports them."""
+    return {**SLURM, "SLURM_PROCID": str(local_id), "SLURM_LOCALID": str(local_id),
+            "CUDA_VISIBLE_DEVICES": cuda_visible_devices}  # fmt: skip
+
+
+def _device_of(environ: dict[str, str]) -> int:
+    detected = detect_environment(environ)
+    assert detected is not None
+    n_visible = len(environ["CUDA_VISIBLE_DEVICES"].split(","))  # what torch.cuda.device_count() then reports
+    return cuda_device_index(int(detected["LOCAL_RANK"]), n_visible)
+
+
+def test_cuda_device_under_slurm_in_both_gpu_layouts():
+    # --gpus-per-node=4 (or --gres=gpu:4), 4 tasks per node: every task sees the node's 4 GPUs
+    assert [_device_of(_slurm_task(i, "0,1,2,3")) for i in range(4)] == [0, 1, 2, 3]
+    # --gpus-per-task=1 or --gpu-bind=single:1: task i sees only its own GPU (physical i), as ordinal 0
+    assert [_device_of(_slurm_task(i, str(i))) for i in range(4)] == [0, 0, 0, 0]
+    # more tasks than visible GPUs on the node: the local rank wraps around
+    assert _device_of(_slurm_task(3, "0,1")) == 1
+    with pytest.raises(ValueError, match="no visible CUDA device"):
+        cuda_device_index(0, 0)

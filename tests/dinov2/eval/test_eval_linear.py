@@ -1,12 +1,14 @@
 import json
 import logging
 
+import numpy as np
 import pytest
 import torch
 from eval_cli_args import DIGITS_ARGS, SMALL_IMAGES
 from test_eval_knn import load_tool
 from torch.utils.data import Dataset
 
+from dinov2.data import make_classification_eval_transform
 from dinov2.eval.linear import (
     EvalDataset,
     LinearClassifier,
@@ -184,6 +186,11 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(tiny_vit, tmp_path) -
     # (the official advance of 4 samples instead of 4 * 16, or no advance, would replay other batches here)
     torch.testing.assert_close(final_b["optimizer"]["state"][0]["momentum_buffer"],
                                final_a["optimizer"]["state"][0]["momentum_buffer"], rtol=1e-5, atol=1e-6)  # fmt: skip
+    # a rerun of the finished run evaluates again and replaces the final line: the files read as one run
+    eval_linear(tiny_vit, ColourBlocks(8, seed=0), val, settings=settings, output_dir=str(tmp_path / "b"), device=CPU)
+    results = {name: (tmp_path / name / "results_eval_linear.json").read_text().splitlines() for name in ("a", "b")}
+    assert [json.loads(line)["iter"] for line in results["b"]] == [json.loads(line)["iter"] for line in results["a"]]
+    assert len(results["b"]) == 1
 
 
 def test_tool_on_digits_trains_saves_and_resumes(tiny_run, tool_process, tmp_path) -> None:
@@ -203,7 +210,7 @@ def test_tool_on_digits_trains_saves_and_resumes(tiny_run, tool_process, tmp_pat
     again = eval_linear_tool.main(eval_linear_tool.get_args_parser().parse_args(argv))
     assert again["val"] == results["val"]
     lines = [json.loads(line) for line in (tmp_path / "results_eval_linear.json").read_text().splitlines()]
-    assert [line["iter"] for line in lines] == [3, 6, 6]  # only the final evaluation was repeated
+    assert [line["iter"] for line in lines] == [3, 6]  # the repeated final evaluation replaced its line
 
 
 def test_more_blocks_than_the_backbone_has_is_refused(tiny_vit, tmp_path) -> None:
@@ -211,3 +218,21 @@ def test_more_blocks_than_the_backbone_has_is_refused(tiny_vit, tmp_path) -> Non
     with pytest.raises(ValueError, match=r"--n-last-blocks \[1, 4\] asks for more blocks than the backbone's 2"):
         eval_linear(tiny_vit, ColourBlocks(1, seed=0), val, settings=settings_for_toy(n_last_blocks_list=(1, 4)),
                     output_dir=str(tmp_path), device=CPU)  # fmt: skip
+
+
+def test_train_augmentation_none_trains_on_the_evaluation_view() -> None:
+    """`--train-augmentation none` gives the training images the deterministic evaluation transform; the official
+    random-resized crops + flips differ from call to call."""
+    from PIL import Image
+
+    tool = load_tool("eval_linear")
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 48, 3), dtype=np.uint8))
+    flags = ["--arch", "vit_tiny", *DIGITS_ARGS, "--output-dir", "unused", "--resize-size", "32", "--crop-size", "32"]
+    plain = tool.make_train_transform(tool.get_args_parser().parse_args([*flags, "--train-augmentation", "none"]))
+    reference = make_classification_eval_transform(resize_size=32, crop_size=32)(image)
+    torch.testing.assert_close(plain(image), reference, rtol=0, atol=0)
+    torch.manual_seed(0)
+    augmented = tool.make_train_transform(tool.get_args_parser().parse_args(flags))
+    views = [augmented(image) for _ in range(4)]
+    assert views[0].shape == reference.shape
+    assert any(not torch.equal(view, reference) for view in views) and not torch.equal(views[0], views[1])

@@ -35,7 +35,7 @@ def test_forward_matches_slow_loop_and_sums_all_pairs():
 
 
 def test_official_pairing_gives_the_mean_of_the_18_cross_view_terms():
-    """Spec 4.6: swapped teacher CLS, local loss / T plus global loss * 2 / T, T = 2 * 8 + 2."""
+    """Official DINOv2: swapped teacher CLS, local loss / T plus global loss * 2 / T, T = 2 * 8 + 2."""
     torch.manual_seed(1)
     B, K, n_local, temp = 3, 11, 8, 0.07
     loss = DINOLoss(K)

@@ -37,7 +37,7 @@ def _slow_loss(masks, student, teacher, temp=0.1) -> float:
 def test_forward_masked_matches_per_crop_loop_with_padding_rows_ignored():
     masks, student, teacher, n_masked = _batch()
     loss = iBOTPatchLoss(5)
-    value = loss.forward_masked(student, teacher, masks, n_masked_patches=torch.tensor([n_masked]))
+    value = loss.forward_masked(student, teacher, masks, n_masked_patches=n_masked)
     assert value.item() == pytest.approx(_slow_loss(masks, student, teacher), rel=1e-5)
     explicit = loss.forward_masked(
         student[:n_masked], teacher, masks, n_masked_patches=n_masked, masks_weight=default_masks_weight(masks)

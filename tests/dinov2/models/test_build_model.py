@@ -41,9 +41,13 @@ def test_null_depth_keeps_the_arch_depth_and_zero_layerscale_removes_gamma():
 
 
 def test_unknown_arch_names_the_key():
-    cfg = load_config(None, ["student.arch=vit_huge"])
+    with pytest.raises(ValueError, match=r"student.arch='vit_huge': expected one of \['vit_base'"):
+        load_config(None, ["student.arch=vit_huge"])
+    cfg = load_config(None, TINY)
+    cfg.student.arch = "vit_huge"  # set after loading, past the schema: the builder names it too
     with pytest.raises(ValueError, match="student.arch='vit_huge'.*vit_small"):
         build_model_from_cfg(cfg)
-    cfg = load_config(None, TINY + ["student.ffn_layer=swiglu3"])
+    cfg = load_config(None, TINY)
+    cfg.student.ffn_layer = "swiglu3"
     with pytest.raises(ValueError, match="ffn_layer='swiglu3'.*student.ffn_layer"):
         build_model_from_cfg(cfg)

@@ -1,4 +1,4 @@
-"""DinoVisionTransformer: keys and shapes (spec 3.7), numerical agreement with a hand-written reference forward,
+"""DinoVisionTransformer: keys and shapes (official layout), numerical agreement with a hand-written reference forward,
 masking, position-embedding interpolation, list-of-crops input and the forward variants."""
 
 import math
@@ -28,7 +28,7 @@ def tiny_vit(**kwargs) -> DinoVisionTransformer:
 
 def expected_keys(depth: int, dim: int, patch: int, n_patches: int, regs: int, layerscale: bool, ffn: str,
                   hidden: int, chunks: int = 0) -> dict[str, tuple[int, ...]]:  # fmt: skip
-    """Key -> shape table transcribed from spec 3.7."""
+    """Key -> shape table of the official DINOv2 state dicts."""
     keys = {"cls_token": (1, 1, dim), "pos_embed": (1, 1 + n_patches, dim), "mask_token": (1, dim)}
     if regs:
         keys["register_tokens"] = (1, regs, dim)
@@ -361,3 +361,27 @@ def test_residual_stream_stays_float32_under_autocast():
     with torch.no_grad():
         reference = model.forward_features(images, masks)
     torch.testing.assert_close(out["x_norm_clstoken"].float(), reference["x_norm_clstoken"], atol=0.1, rtol=0.05)
+
+
+def test_gradient_checkpointing_gives_identical_gradients_and_recomputes():
+    def grads_and_attn_calls(checkpointing: bool) -> tuple[dict, int]:
+        torch.manual_seed(0)
+        model = vit_tiny(patch_size=4, img_size=16, depth=2, drop_path_rate=0.3, drop_path_uniform=True,
+                         init_values=0.1, gradient_checkpointing=checkpointing).train()  # fmt: skip
+        calls = []
+        for block in model.iter_blocks():
+            block.attn.register_forward_hook(lambda *_: calls.append(1))
+        torch.manual_seed(1)
+        crops = [torch.randn(4, 3, 16, 16), torch.randn(6, 3, 8, 8)]
+        outputs = model(crops, is_training=True)
+        loss = sum(out["x_norm_clstoken"].square().sum() + out["x_norm_patchtokens"].sum() for out in outputs)
+        loss.backward()
+        return {name: p.grad for name, p in model.named_parameters() if p.grad is not None}, len(calls)
+
+    plain, plain_calls = grads_and_attn_calls(False)
+    checkpointed, checkpointed_calls = grads_and_attn_calls(True)
+    assert plain.keys() == checkpointed.keys() and len(plain) > 10
+    for name, grad in plain.items():
+        assert torch.equal(grad, checkpointed[name]), name
+    # Each block runs its attention once per crop batch in forward, and again in backward when checkpointed.
+    assert plain_calls == 2 * 2 and checkpointed_calls == 2 * plain_calls

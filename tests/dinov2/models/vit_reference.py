@@ -1,4 +1,4 @@
-"""A straightforward ViT forward written from the spec (dinov2_anatomy.md 3.3-3.7), reading only a state dict.
+"""A straightforward ViT forward written from official DINOv2's definitions, reading only a state dict.
 
 Independent of dinov2.layers: plain tensor ops, explicit softmax attention, own key parsing.
 """

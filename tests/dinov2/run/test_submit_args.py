@@ -4,8 +4,10 @@ SLURM node lists (checked against SLURM's own `scontrol show hostnames`), and th
 import argparse
 import os
 import pathlib
+import runpy
 import signal
 import subprocess
+import sys
 
 import pytest
 import submitit
@@ -110,26 +112,43 @@ def usr2_restored():
     signal.signal(signal.SIGUSR2, previous)
 
 
+def _poll(device: torch.device) -> int | None:
+    """What the training loop does on a logged iteration: reduce the stop flags over ranks and agree."""
+    flags = preemption.stop_flags(device)
+    if dist.is_initialized():
+        dist.all_reduce(flags)
+    return preemption.agreed_stop(flags.tolist())
+
+
 def test_signal_goes_to_the_fallback_until_the_loop_polls(usr2_restored):
     handed_over = []
     preemption.install_handler(signal.SIGUSR2, fallback=lambda signum, frame: handed_over.append(signum))
     os.kill(os.getpid(), signal.SIGUSR2)
     assert handed_over == [signal.SIGUSR2] and preemption.requested_signal() is None
-    assert not preemption.should_stop(torch.device("cpu"))  # the loop polls from now on
+    assert _poll(torch.device("cpu")) is None  # the loop polls from now on
     os.kill(os.getpid(), signal.SIGUSR2)
     assert handed_over == [signal.SIGUSR2] and preemption.requested_signal() == signal.SIGUSR2
-    assert preemption.should_stop(torch.device("cpu"))
+    assert _poll(torch.device("cpu")) == signal.SIGUSR2
     error = preemption.TrainingPreempted(41, signal.SIGUSR2)
     assert str(error) == "stopped after iteration 41 on signal SIGUSR2"
+
+
+def test_stop_signals_are_recorded_only_inside_the_block(usr2_restored):
+    before = signal.getsignal(signal.SIGTERM)
+    with preemption.handle_stop_signals(signal.SIGTERM, signal.SIGINT):
+        os.kill(os.getpid(), signal.SIGINT)  # no KeyboardInterrupt: a request
+        assert _poll(torch.device("cpu")) == signal.SIGINT
+    assert preemption.requested_signal() is None
+    assert signal.getsignal(signal.SIGTERM) is before and signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 def _agree(rank: int, port: int, results: "mp.SimpleQueue") -> None:
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     cpu = torch.device("cpu")
-    before = preemption.should_stop(cpu)
+    before = _poll(cpu)
     if rank == 1:
-        preemption.request_stop(signal.SIGUSR2)
-    after = preemption.should_stop(cpu)
+        preemption.request_stop(signal.SIGTERM)
+    after = _poll(cpu)
     results.put((rank, before, after, preemption.requested_signal()))
     dist.destroy_process_group()
 
@@ -138,13 +157,63 @@ def test_one_rank_signalled_stops_every_rank_at_the_same_iteration():
     results = mp.get_context("spawn").SimpleQueue()
     mp.spawn(_agree, args=(distributed.free_port(), results), nprocs=2)
     outcome = sorted(results.get() for _ in range(2))
-    assert outcome == [(0, False, True, signal.SIGUSR2), (1, False, True, signal.SIGUSR2)]
+    assert outcome == [(0, None, signal.SIGTERM, signal.SIGTERM), (1, None, signal.SIGTERM, signal.SIGTERM)]
 
 
-def test_run_or_submit_runs_here_without_submit():
+def test_run_or_submit_checks_then_runs_here_without_submit():
     from dinov2.run.submit import run_or_submit
 
     echoed: list[str] = []
+    calls: list[str] = []
     args = argparse.Namespace(submit=False, value=3)
-    assert run_or_submit(lambda parsed: parsed.value * 2, args, name="t", echo=echoed.append) == 6
-    assert echoed == []
+
+    def entry(parsed):
+        calls.append("entry")
+        return parsed.value * 2
+
+    assert run_or_submit(entry, args, name="t", check=lambda _: calls.append("check"), echo=echoed.append) == 6
+    assert echoed == [] and calls == ["check", "entry"]
+
+    def refuse(_):
+        raise ValueError("bad flag")
+
+    with pytest.raises(ValueError, match="bad flag"):
+        run_or_submit(entry, argparse.Namespace(submit=True, value=3), name="t", check=refuse, echo=echoed.append)
+    assert calls == ["check", "entry"] and echoed == []
+
+
+DIGITS = ["--train-dataset", "Digits:split=TRAIN", "--val-dataset", "Digits:split=VAL"]
+TINY_ARCH = ["--arch", "vit_tiny", "--patch-size", "8"]
+
+
+@pytest.mark.parametrize(
+    ("tool", "argv", "message"),
+    [
+        ("train", ["--config-file", "configs/tiny/dinov2_test.yaml", "optim.lrr=0.1"], "config key 'optim.lrr'"),
+        ("train", ["--config-file", "configs/tiny/dinov2_test.yaml", "train.dataset_path=Digits:split=TRAINING"],
+         "split='TRAINING'"),
+        ("train", ["--config-file", "configs/tiny/dinov2_test.yaml", "dino.use_mcr=true"], "dino.use_mcr"),
+        ("eval_knn", [*TINY_ARCH, "--opts", "student.pach_size=8", *DIGITS], "student.pach_size"),
+        ("eval_knn", [*TINY_ARCH, "--train-dataset", "ImageFolder:root=/nonexistent/train", "--val-dataset",
+                      "Digits:split=VAL"], "root='/nonexistent/train'"),
+        ("eval_knn", [*TINY_ARCH, "--weights", "/nonexistent/backbone.pth", *DIGITS], "/nonexistent/backbone.pth"),
+        ("eval_linear", [*TINY_ARCH, *DIGITS, "--test-datasets", "Digits:split=TEST"], "split='TEST'"),
+        ("eval_logreg", [*TINY_ARCH, *DIGITS, "--finetune-dataset-str", "Digit:split=VAL"], "unknown dataset 'Digit'"),
+        ("eval_segmentation", [*TINY_ARCH, "--data-root", "/nonexistent/ADEChallengeData2016"],
+         "--data-root /nonexistent/ADEChallengeData2016 is not a folder"),
+        ("eval_davis", [*TINY_ARCH, "--davis-root", "/nonexistent/DAVIS"], "--davis-root /nonexistent/DAVIS"),
+        ("eval_maskcut", [*TINY_ARCH, "--images", "/nonexistent/val2017"], "--images /nonexistent/val2017"),
+    ],
+)  # fmt: skip
+def test_submit_refuses_bad_arguments_before_submitting(tool, argv, message, tmp_path, monkeypatch):
+    """The tool's check runs before submitit is asked for anything: with no SLURM command on the PATH, a
+    submission attempt would fail on the missing `sbatch`; the error is the argument's own."""
+    monkeypatch.chdir(REPO)
+    monkeypatch.setenv("PATH", str(pathlib.Path(sys.executable).parent))
+    path = REPO / "tools" / f"{tool}.py"
+    output_dir = tmp_path / "out"
+    monkeypatch.setattr(sys, "argv", [str(path), "--submit", "--ngpus", "0", "--output-dir", str(output_dir), *argv])
+    with pytest.raises((ValueError, FileNotFoundError)) as raised:
+        runpy.run_path(str(path), run_name="__main__")
+    assert message in str(raised.value)
+    assert not output_dir.exists()  # nothing was written: neither submitit's folder nor the tool's outputs

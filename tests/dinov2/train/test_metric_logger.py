@@ -43,3 +43,17 @@ def test_log_every_writes_json_lines_and_stops_without_fetching_more(tmp_path):
     assert records[-1]["last"]["loss"] == 4.0 and records[-1]["loss"] == 2.0  # median of the window
     assert {"iter_time", "data_time", "it_per_s"} <= set(records[0])
     assert ("loss", 2.0, 6) in writer.scalars
+
+
+def test_a_resumed_log_replaces_the_lines_from_its_start_and_a_torn_line(tmp_path):
+    output_file = tmp_path / "m.json"
+    # a run killed while writing iteration 5's line, after its checkpoint at iteration 2
+    lines = [json.dumps({"iteration": i, "loss": float(i)}) for i in range(5)] + ['{"iteration": 5, "lo']
+    output_file.write_text("\n".join(lines))
+    metric_logger = MetricLogger(output_file=output_file)
+    for item in metric_logger.log_every(iter([10.0, 11.0, 12.0]), 1, "T", n_iterations=6, start_iteration=3):
+        metric_logger.update(loss=item)
+    records = [json.loads(line) for line in output_file.read_text().splitlines()]
+    assert [record["iteration"] for record in records] == [0, 1, 2, 3, 4, 5]
+    assert [record["loss"] for record in records[:3]] == [0.0, 1.0, 2.0]
+    assert [record["last"]["loss"] for record in records[3:]] == [10.0, 11.0, 12.0]

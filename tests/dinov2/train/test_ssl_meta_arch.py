@@ -122,7 +122,7 @@ def test_bad_settings_name_the_key():
 
 
 def test_ibot_only_builds_the_shared_head():
-    # FIX (spec 12.1 #8): official crashes when DINO is off and iBOT on.
+    # FIX: official DINOv2 crashes when DINO is off and iBOT on.
     model = build("dino.loss_weight=0")
     _, metrics = model.forward_backward(make_batches(n_batches=1, n_images=2)[0], 0.05)
     assert set(metrics) == {"ibot_loss", "total_loss"}

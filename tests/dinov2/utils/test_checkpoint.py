@@ -124,12 +124,35 @@ def test_truncated_and_non_torch_files(tmp_path):
         load_backbone_state_dict(tmp_path / "missing.pth")
 
 
+class _Arbitrary:
+    """A class that weights_only=True must refuse to unpickle."""
+
+
 def test_unsafe_pickle_is_refused(tmp_path):
     path = tmp_path / "unsafe.pth"
-    # DINO v1 checkpoints carry an argparse.Namespace, which weights_only=True refuses to unpickle.
-    torch.save({"model": tiny().state_dict(), "args": argparse.Namespace(lr=0.1)}, path)
+    torch.save({"model": tiny().state_dict(), "extra": _Arbitrary()}, path)
     with pytest.raises(CheckpointFormatError, match="weights_only=True"):
         load_backbone_state_dict(path)
+
+
+def test_dino_v1_checkpoint_with_namespace_args_loads(tmp_path):
+    # SimDINO v1 / DINO-v1 checkpoint.pth: compiled teacher and DDP student, argparse.Namespace args, epoch.
+    source = tiny(init_values=None)
+    backbone = {k: v for k, v in source.state_dict().items() if k != "mask_token"}
+    head = {"head.mlp.0.weight": torch.zeros(8, 32), "head.mlp.0.bias": torch.zeros(8)}
+    checkpoint = {
+        "student": {f"_orig_mod.module.backbone.{k}": v + 1 for k, v in backbone.items()},
+        "teacher": {**{f"_orig_mod.backbone.{k}": v for k, v in backbone.items()},
+                    **{f"_orig_mod.{k}": v for k, v in head.items()}},
+        "args": argparse.Namespace(arch="vit_small", patch_size=16),
+        "epoch": 100,
+    }  # fmt: skip
+    path = tmp_path / "checkpoint.pth"
+    torch.save(checkpoint, path)
+    target = tiny(seed=1, init_values=None)
+    load_pretrained_backbone(target, path, allowed_missing=["mask_token"])
+    for key, value in backbone.items():
+        assert torch.equal(target.state_dict()[key], value), key
 
 
 def test_foreign_checkpoints(tmp_path):
@@ -199,3 +222,23 @@ def test_allowed_missing_mask_token(tmp_path):
         load_pretrained_backbone(target, path)
     load_pretrained_backbone(target, path, allowed_missing=["mask_token"])
     assert torch.equal(target.pos_embed, source.pos_embed)
+
+
+@pytest.mark.parametrize(
+    "entry_point, patch_hint, register_hint",
+    [
+        ("eval", "(set --patch-size)", "(set --num-register-tokens)"),
+        ("train", "(set student.patch_size", "(set student.num_register_tokens)"),
+        ("hub", "(set the hub entry point / --arch name (dinov2_*14: patch 14", "or num_register_tokens=)"),
+    ],
+)
+def test_hints_name_what_applies_at_the_entry_point(tmp_path, entry_point, patch_hint, register_hint):
+    """A train.py or torch.hub user is never told to pass --patch-size / --num-register-tokens."""
+    path = tmp_path / "source.pth"
+    torch.save(tiny(patch_size=4, img_size=16, num_register_tokens=4).state_dict(), path)
+    with pytest.raises(CheckpointMismatchError) as info:
+        load_pretrained_backbone(tiny(), path, entry_point=entry_point)
+    message = str(info.value)
+    assert patch_hint in message and register_hint in message
+    if entry_point != "eval":
+        assert "--patch-size" not in message and "--num-register-tokens" not in message

@@ -46,6 +46,8 @@ def test_lr_scaling_rules():
     assert scaled_lr(cfg, world_size=32) == pytest.approx(0.004 * math.sqrt(2))
     cfg = load_config(None, ["optim.scaling_rule=linear_wrt_1024", "train.batch_size_per_gpu=128"])
     assert scaled_lr(cfg, world_size=4) == pytest.approx(0.002)
-    cfg = load_config(None, ["optim.scaling_rule=sqrt"])
+    with pytest.raises(ConfigError, match=r"optim.scaling_rule='sqrt': expected one of \['sqrt_wrt_1024'"):
+        load_config(None, ["optim.scaling_rule=sqrt"])
+    cfg.optim.scaling_rule = "sqrt"  # set after loading, past the schema
     with pytest.raises(ConfigError, match="optim.scaling_rule"):
         scaled_lr(cfg, world_size=1)

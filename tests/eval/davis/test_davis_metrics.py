@@ -1,4 +1,4 @@
-"""J / F / statistics against the golden values of spec/eval_protocols.md section 1.4.
+"""J / F / statistics against golden values (docs/davis.md, "Metric golden values").
 
 The golden numbers were computed from an independent restatement of the DAVIS-2017 definitions (not from
 this code); the square cases sit in a 480x854 frame, where the boundary tolerance is 8 px.

@@ -83,16 +83,46 @@ def test_tool_end_to_end_with_tiny_vit(davis_root: Path, tmp_path: Path) -> None
     assert (csv_dir / "global_results-val.csv").read_text() == (output / "global_results-val.csv").read_text()
 
 
-def test_metrics_only_on_ground_truth_scores_one(davis_root: Path) -> None:
+def test_metrics_only_on_ground_truth_scores_one_and_never_writes_into_the_dataset(
+    davis_root: Path, tmp_path: Path
+) -> None:
     tool = load_tool()
     annotations = davis_root / "Annotations" / "480p"  # already in the results layout
-    args = tool.get_args_parser().parse_args(["--davis-root", str(davis_root), "--metrics-only", str(annotations)])
+    before = sorted(path.relative_to(davis_root) for path in davis_root.rglob("*"))
+    flags = ["--davis-root", str(davis_root), "--metrics-only", str(annotations)]
+    with pytest.raises(ValueError, match="lies inside --davis-root .* pass --output-dir"):
+        tool.cli(flags)
+    with pytest.raises(ValueError, match="lies inside --davis-root"):
+        tool.cli([*flags, "--output-dir", str(davis_root / "scores")])
+    assert sorted(path.relative_to(davis_root) for path in davis_root.rglob("*")) == before
+
+    args = tool.get_args_parser().parse_args([*flags, "--output-dir", str(tmp_path / "scores")])
+    tool.check(args)
     results = tool.main(args)
     assert results["J&F-Mean"] == 1.0 and results["J-Decay"] == 0.0
-    assert (annotations / "global_results-val.csv").is_file()
+    assert (tmp_path / "scores" / "global_results-val.csv").is_file()
+    assert sorted(path.relative_to(davis_root) for path in davis_root.rglob("*")) == before
 
 
-def test_output_dir_required_without_metrics_only(davis_root: Path) -> None:
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ([*BACKBONE_FLAGS], "--output-dir is required"),
+        (["--metrics-only", "/nonexistent/results"], "--metrics-only /nonexistent/results is not a folder"),
+        ([*BACKBONE_FLAGS, "--output-dir", "OUT", "--sequences", "walk", "swim"], r"--sequences \['swim'\] are not in"),
+        ([*BACKBONE_FLAGS, "--output-dir", "OUT", "--split", "train"], "sequence list .*train.txt does not exist"),
+        (["--arch", "vit_tiny", "--weights", "/nonexistent.pth", "--output-dir", "OUT"], "weights /nonexistent.pth"),
+    ],
+)
+def test_inputs_are_checked_before_anything_runs(davis_root: Path, tmp_path: Path, extra, message) -> None:
     tool = load_tool()
-    with pytest.raises(ValueError, match="--output-dir is required"):
-        tool.main(tool.get_args_parser().parse_args([*BACKBONE_FLAGS, "--davis-root", str(davis_root)]))
+    extra = [str(tmp_path / "out") if flag == "OUT" else flag for flag in extra]
+    with pytest.raises((ValueError, FileNotFoundError), match=message):
+        tool.cli(["--davis-root", str(davis_root), *extra])
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_missing_davis_root_names_the_builder(tmp_path: Path) -> None:
+    tool = load_tool()
+    with pytest.raises(FileNotFoundError, match="is not a folder.*tools/make_davis_layout.py"):
+        tool.cli(["--davis-root", str(tmp_path / "DAVIS"), "--output-dir", str(tmp_path / "out"), *BACKBONE_FLAGS])

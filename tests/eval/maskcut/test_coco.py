@@ -1,4 +1,4 @@
-"""COCO results format and class-agnostic evaluation against generated annotations (spec section 2.6)."""
+"""COCO results format and class-agnostic evaluation against generated annotations."""
 
 import copy
 import json

@@ -1,4 +1,4 @@
-"""Dense-CRF refinement with MaskCut's settings on a synthetic 480x480 image (spec section 2.6)."""
+"""Dense-CRF refinement with MaskCut's settings on a synthetic 480x480 image."""
 
 import numpy as np
 import pytest

@@ -1,4 +1,4 @@
-"""Patch-level MaskCut on synthetic features with known objects (spec section 2.6 golden checks)."""
+"""Patch-level MaskCut on synthetic features with known objects (golden checks, docs/maskcut.md)."""
 
 import numpy as np
 import pytest
