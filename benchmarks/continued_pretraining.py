@@ -39,12 +39,13 @@ from omegaconf import DictConfig  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.utils.data import Subset  # noqa: E402
 
-from dinov2.data import DataAugmentationDINO, make_dataset  # noqa: E402
+from dinov2.data import make_dataset  # noqa: E402
 from dinov2.data.transforms import make_classification_eval_transform  # noqa: E402
 from dinov2.eval.knn import knn_classify  # noqa: E402
 from dinov2.train.schedulers import build_schedulers  # noqa: E402
 from dinov2.train.train import (  # noqa: E402
     apply_optim_scheduler,
+    build_augmentation,
     build_data_loader,
     build_optimizer,
     clip_and_step,
@@ -73,16 +74,7 @@ def class_indices(dataset, classes: tuple[int, ...]) -> list[int]:
 
 
 def training_dataset(cfg: DictConfig, classes: tuple[int, ...]) -> Subset:
-    augmentation = DataAugmentationDINO(
-        tuple(cfg.crops.global_crops_scale),
-        tuple(cfg.crops.local_crops_scale),
-        cfg.crops.local_crops_number,
-        global_crops_size=cfg.crops.global_crops_size,
-        local_crops_size=cfg.crops.local_crops_size,
-        global_crops_1_blur_prob=cfg.crops.global_crops_1_blur_prob,
-        global_crops_2_blur_prob=cfg.crops.global_crops_2_blur_prob,
-        local_crops_blur_prob=cfg.crops.local_crops_blur_prob,
-    )
+    augmentation = build_augmentation(cfg)
     dataset = make_dataset(dataset_str="Digits:split=TRAIN", transform=augmentation, target_transform=lambda _: ())
     return Subset(dataset, class_indices(dataset, classes))
 

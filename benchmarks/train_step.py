@@ -194,21 +194,31 @@ def child_peak_rss(config_file: str, args: argparse.Namespace) -> float:
     return float(json.loads(output.strip().splitlines()[-1])["peak_rss_GiB"])
 
 
-def compare(args: argparse.Namespace, device: torch.device) -> None:
-    config_a, config_b = args.compare
-    opts = [*precision_overrides(args.precision), *args.opts]
-    runners = {"A": StepRunner(config_a, opts, device), "B": StepRunner(config_b, opts, device)}
+def alternate_steps(
+    runners: dict[str, "StepRunner"], *, warmup: int, steps: int, device: torch.device
+) -> tuple[dict[str, list[float]], dict[str, float]]:
+    """`warmup` unmeasured steps of each runner, then `steps` rounds of one timed step each, alternated so that
+    machine noise hits every side alike. Returns the step times (s) per side and, on CUDA, the peak allocated
+    memory (GiB) per side (empty on CPU, where the caller probes a fresh process)."""
     for runner in runners.values():
-        runner.timed_steps(args.warmup)
-    times: dict[str, list[float]] = {"A": [], "B": []}
+        runner.timed_steps(warmup)
+    times: dict[str, list[float]] = {name: [] for name in runners}
     memory: dict[str, float] = {}
-    for _ in range(args.steps):  # alternate A and B so that machine noise hits both alike
+    for _ in range(steps):
         for name, runner in runners.items():
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
             times[name] += runner.timed_steps(1)
             if device.type == "cuda":
                 memory[name] = max(memory.get(name, 0.0), torch.cuda.max_memory_allocated(device) / 2**30)
+    return times, memory
+
+
+def compare(args: argparse.Namespace, device: torch.device) -> None:
+    config_a, config_b = args.compare
+    opts = [*precision_overrides(args.precision), *args.opts]
+    runners = {"A": StepRunner(config_a, opts, device), "B": StepRunner(config_b, opts, device)}
+    times, memory = alternate_steps(runners, warmup=args.warmup, steps=args.steps, device=device)
     if device.type != "cuda":
         memory = {"A": child_peak_rss(config_a, args), "B": child_peak_rss(config_b, args)}
     unit = "peak allocated GiB" if device.type == "cuda" else "peak RSS GiB (fresh process)"

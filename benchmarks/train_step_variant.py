@@ -21,7 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
-from train_step import StepRunner, child_peak_rss, median, precision_overrides  # noqa: E402
+from train_step import StepRunner, alternate_steps, child_peak_rss, median, precision_overrides  # noqa: E402
 
 from dinov2 import distributed  # noqa: E402
 
@@ -39,17 +39,7 @@ def main() -> None:
     common = [*precision_overrides(args.precision), *args.opts]
     sides = {"A": common, "B": [*common, *args.variant]}
     runners = {name: StepRunner(args.config_file, opts, device) for name, opts in sides.items()}
-    for runner in runners.values():
-        runner.timed_steps(args.warmup)
-    times: dict[str, list[float]] = {"A": [], "B": []}
-    memory: dict[str, float] = {}
-    for _ in range(args.steps):
-        for name, runner in runners.items():
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(device)
-            times[name] += runner.timed_steps(1)
-            if device.type == "cuda":
-                memory[name] = max(memory.get(name, 0.0), torch.cuda.max_memory_allocated(device) / 2**30)
+    times, memory = alternate_steps(runners, warmup=args.warmup, steps=args.steps, device=device)
     if device.type != "cuda":
         for name, opts in sides.items():
             probe = argparse.Namespace(precision=args.precision, opts=[*args.opts, *opts[len(common) :]])

@@ -177,8 +177,9 @@ def input_dtype(model: SSLMetaArch) -> torch.dtype:
     return model.precision[("student", "backbone")].param_dtype
 
 
-def build_dataset(cfg: DictConfig) -> Any:
-    augmentation = DataAugmentationDINO(
+def build_augmentation(cfg: DictConfig) -> DataAugmentationDINO:
+    """The multi-crop augmentation of the `crops` section (global / local crops, blur probabilities)."""
+    return DataAugmentationDINO(
         tuple(cfg.crops.global_crops_scale),
         tuple(cfg.crops.local_crops_scale),
         cfg.crops.local_crops_number,
@@ -188,9 +189,12 @@ def build_dataset(cfg: DictConfig) -> Any:
         global_crops_2_blur_prob=cfg.crops.global_crops_2_blur_prob,
         local_crops_blur_prob=cfg.crops.local_crops_blur_prob,
     )
+
+
+def build_dataset(cfg: DictConfig) -> Any:
     return make_dataset(
         dataset_str=cfg.train.dataset_path,
-        transform=augmentation,
+        transform=build_augmentation(cfg),
         target_transform=_no_target,
         max_bad_image_fraction=cfg.train.max_bad_image_fraction,
     )

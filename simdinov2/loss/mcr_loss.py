@@ -1,6 +1,6 @@
 """SimDINO / SimDINOv2 CLS-token objective: cross-view cosine alignment minus a coding-rate regulariser.
 
-Paper: Wu et al., "Simplifying DINO via Coding Rate Regularization" (simdino_paper.txt), eq. 8, 9 and 17,
+Paper: Wu et al., "Simplifying DINO via Coding Rate Regularization" (arXiv:2502.10385), eq. 8, 9 and 17,
 Theorem C.1 and Appendix D. Reference code: the official SimDINO release, `MCRLoss` in
 `simdinov2/loss/dino_clstoken_loss.py` (the class name and its constructor arguments are kept so that
 the official `dino.mcr.*` config values transfer unchanged).
