@@ -11,9 +11,12 @@ Studies, in the order they are run (the most important results land first):
 2. the paper's Table 5 perturbations (teacher momentum 0.9, no last-layer normalisation, fixed teacher
    temperature 0.07) and Table 8's no self-distillation (teacher momentum 0), applied to both arms;
 3. the paper's Table 6 batch sizes (16, 32, 128 besides the baseline 64) at a fixed budget of images
-   (same number of epochs, as Table 6's 100 epochs per batch size), lr scaled by the recipes' sqrt rule.
+   (same number of epochs, as Table 6's 100 epochs per batch size), lr scaled by the recipes' sqrt rule;
+4. a control for 3: batch 128 at the baseline's 200 steps (twice its images), which tells an effect of the
+   batch apart from an effect of the shorter run that batch 128 gets at a fixed budget of images.
 
-This is `tools/compare.py --seeds 3 --sweep --batch-sizes 16 32 64 128` on the demo recipes
+This is `tools/compare.py --seeds 3 --sweep --batch-sizes 16 32 64 128 --batch-sizes-same-steps 128` on the demo
+recipes
 (`dinov2.compare.pipeline.run_study`). Each run is cached in its directory (`study_result.json`): rerunning
 continues where an interrupted study stopped; `--report-only` writes the report from the finished runs and
 lists the others as not run. `--jobs` runs train at the same time, one CPU thread each. Writes `study.md`
@@ -21,7 +24,7 @@ lists the others as not run. `--jobs` runs train at the same time, one CPU threa
 run statuses including collapse), `study.json` and one PNG per claim (`study_conditions.png`: Table 5/8;
 `study_batch_sizes.png`: Table 6; `study_stability.png`: loss and k-NN curves) into the output directory.
 SimDINOv2 runs that a perturbation does not change are its baseline runs (see `docs/compare.md`), so the
-study trains 42 runs (3 of them refused at once): about 3 CPU hours at 4-5 CPU minutes per run.
+study trains 48 runs (3 of them refused at once): about 4 CPU hours at 4-7 CPU minutes per run.
 """
 
 import argparse
@@ -53,6 +56,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--batch-sizes", type=int, nargs="*", default=[16, 32, 64, 128], help="batch sizes (64 is the baseline)"
     )
+    parser.add_argument(
+        "--batch-sizes-same-steps",
+        type=int,
+        nargs="*",
+        default=[128],
+        help="control: batch sizes trained for the baseline's number of steps (none: skip the control)",
+    )
     parser.add_argument("--jobs", type=int, default=2, help="runs trained at the same time (one thread each)")
     parser.add_argument("--report-only", action="store_true", help="train nothing: report the finished runs")
     return parser
@@ -71,7 +81,12 @@ def main(args: argparse.Namespace) -> Path:
         Arm(name="dinov2", label="DINOv2", config_file=config_files[0], overrides=tuple(overrides)),
         Arm(name="simdinov2", label="SimDINOv2", config_file=config_files[1], overrides=tuple(overrides)),
     ]
-    conditions = [BASELINE, *perturbation_conditions(), *batch_size_conditions(arms[0].config, args.batch_sizes)]
+    conditions = [
+        BASELINE,
+        *perturbation_conditions(),
+        *batch_size_conditions(arms[0].config, args.batch_sizes),
+        *batch_size_conditions(arms[0].config, args.batch_sizes_same_steps, same_steps=True),
+    ]
     report = run_study(
         arms,
         output_dir,

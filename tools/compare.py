@@ -15,10 +15,11 @@ two runs differ. Training runs one arm after the other through `tools/train.py` 
 `--submit`); rerunning with the same `--output-dir` resumes unfinished arms and reuses cached evaluations.
 Writes `DIR/report.md`, `DIR/summary.json` and the PNG plots.
 
-With `--seeds N` (N > 1) or `--batch-sizes`, every arm is trained with the seeds S .. S+N-1 (S = `--seed`,
-else arm A's `train.seed`; the same seeds for both arms: same initialisation seed and data order), under
-the baseline and every requested condition (`--sweep` perturbations, batch sizes); the report `DIR/study.md`
-gives per condition each arm's mean and sample standard deviation over seeds and the difference B - A
+With `--seeds N` (N > 1), `--batch-sizes` or `--batch-sizes-same-steps`, every arm is trained with the
+seeds S .. S+N-1 (S = `--seed`, else arm A's `train.seed`; the same seeds for both arms: same initialisation
+seed and data order), under the baseline and every requested condition (`--sweep` perturbations, batch sizes
+at the baseline's number of images, or at its number of steps as a control); the report `DIR/study.md` gives
+per condition each arm's mean and sample standard deviation over seeds and the difference B - A
 paired by seed with its 95 % Student t-interval; the plots show mean +- std bands.
 """
 
@@ -88,6 +89,15 @@ def get_args_parser() -> argparse.ArgumentParser:
         "baseline and the lr of the recipes' optim.scaling_rule (writes study.md)",
     )
     parser.add_argument(
+        "--batch-sizes-same-steps",
+        type=int,
+        nargs="+",
+        default=None,
+        metavar="B",
+        help="control for --batch-sizes: also train each arm at these global batch sizes with the same number of "
+        "steps as the baseline (B / baseline batch times its images), lr by the same rule (writes study.md)",
+    )
+    parser.add_argument(
         "--collapse-rank",
         type=float,
         default=DEFAULT_COLLAPSE_RANK,
@@ -135,11 +145,11 @@ def main(args: argparse.Namespace) -> Path:
     if args.runs:
         if (
             args.a or args.b or args.iters or args.sweep or args.opts or args.submit or args.parallel
-            or args.seeds != 1 or args.batch_sizes
+            or args.seeds != 1 or args.batch_sizes or args.batch_sizes_same_steps
         ):  # fmt: skip
             raise SystemExit(
-                "--runs collects finished runs: drop --a/--b/--iters/--sweep/--seeds/--batch-sizes/--submit/"
-                "--parallel/key=value"
+                "--runs collects finished runs: drop --a/--b/--iters/--sweep/--seeds/--batch-sizes[-same-steps]/"
+                "--submit/--parallel/key=value"
             )
         labels = [_label(args.label_a, args.runs[0], "A"), _label(args.label_b, args.runs[1], "B")]
         if labels[0] == labels[1]:
@@ -169,15 +179,19 @@ def main(args: argparse.Namespace) -> Path:
         ]
         if args.seeds < 1:
             raise SystemExit(f"--seeds {args.seeds}: pass at least 1")
-        if args.seeds > 1 or args.batch_sizes:
+        if args.seeds > 1 or args.batch_sizes or args.batch_sizes_same_steps:
             if args.submit:
-                raise SystemExit("--seeds / --batch-sizes train here (--parallel: two runs at a time): drop --submit")
+                raise SystemExit(
+                    "--seeds / --batch-sizes[-same-steps] train here (--parallel: two runs at a time): drop --submit"
+                )
             first_seed = int(arms[0].config.train.seed)
             conditions = [BASELINE]
             if args.sweep:
                 conditions += perturbation_conditions()
             if args.batch_sizes:
                 conditions += batch_size_conditions(arms[0].config, args.batch_sizes)
+            if args.batch_sizes_same_steps:
+                conditions += batch_size_conditions(arms[0].config, args.batch_sizes_same_steps, same_steps=True)
             return run_study(
                 arms,
                 output_dir,

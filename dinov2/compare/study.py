@@ -46,7 +46,7 @@ class Condition:
     name: str  # shown in the report, e.g. "teacher momentum 0.9" or "batch 16"
     slug: str  # directory name
     overrides: tuple[str, ...]
-    kind: str  # "baseline" | "perturbation" | "batch size"
+    kind: str  # "baseline" | "perturbation" | "batch size" | "batch size (same steps)"
     batch_size: int | None = None  # images per step, for the batch-size conditions
 
 
@@ -61,7 +61,9 @@ def perturbation_conditions() -> list[Condition]:
     ]
 
 
-def batch_size_conditions(reference: DictConfig, batch_sizes: Sequence[int]) -> list[Condition]:
+def batch_size_conditions(
+    reference: DictConfig, batch_sizes: Sequence[int], *, same_steps: bool = False
+) -> list[Condition]:
     """Batch-size conditions at a fixed budget of images (epochs), as the paper's Table 6 (100 epochs each).
 
     `reference` is a baseline config (batch B0, epoch length E0 iterations). Batch B gets
@@ -69,6 +71,10 @@ def batch_size_conditions(reference: DictConfig, batch_sizes: Sequence[int]) -> 
     schedules (warm-ups, cosine decays, set in epochs) keep their shape; the learning rate follows from the
     recipe's `optim.scaling_rule` (`dinov2.utils.config.scaled_lr`, sqrt_wrt_1024 by default). Teacher exports
     and checkpoints every quarter of the run. The reference batch itself is the baseline (no condition).
+
+    `same_steps=True` gives the control at a fixed budget of *steps* instead: batch B keeps the reference's
+    epoch length, so it runs as many steps as the baseline and sees B / B0 times its images (kind
+    "batch size (same steps)"). It separates an effect of the batch from an effect of a shorter run.
     """
     base_batch = int(reference.train.batch_size_per_gpu) * int(reference.train.grad_accum_steps)
     epoch_length = int(reference.train.OFFICIAL_EPOCH_LENGTH)
@@ -77,18 +83,23 @@ def batch_size_conditions(reference: DictConfig, batch_sizes: Sequence[int]) -> 
     for batch in batch_sizes:
         if batch == base_batch:
             continue
-        if batch <= 0 or (epoch_length * base_batch) % batch:
+        if batch <= 0:
+            raise ConfigError(f"batch {batch}: a batch size must be positive")
+        if same_steps:
+            length = epoch_length
+        elif (epoch_length * base_batch) % batch:
             raise ConfigError(
                 f"batch {batch}: the {epoch_length} x {base_batch} images of an epoch do not split into batches of "
                 f"{batch}; pick a batch size that divides {epoch_length * base_batch}"
             )
-        length = epoch_length * base_batch // batch
+        else:
+            length = epoch_length * base_batch // batch
         total = length * epochs
         period = next(total // k for k in (4, 3, 2, 1) if total % k == 0)
         conditions.append(
             Condition(
-                name=f"batch {batch}",
-                slug=f"batch_{batch}",
+                name=f"batch {batch}, {total} steps" if same_steps else f"batch {batch}",
+                slug=f"batch_{batch}_same_steps" if same_steps else f"batch_{batch}",
                 overrides=(
                     f"train.batch_size_per_gpu={batch}",
                     "train.grad_accum_steps=1",
@@ -96,7 +107,7 @@ def batch_size_conditions(reference: DictConfig, batch_sizes: Sequence[int]) -> 
                     f"evaluation.eval_period_iterations={period}",
                     f"checkpointing.period_iterations={period}",
                 ),
-                kind="batch size",
+                kind="batch size (same steps)" if same_steps else "batch size",
                 batch_size=batch,
             )
         )

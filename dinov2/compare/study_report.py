@@ -303,36 +303,47 @@ def plot_conditions(outcomes: Sequence[RunOutcome], arms: Sequence[Arm], path: P
 
 
 def plot_batch_sizes(outcomes: Sequence[RunOutcome], arms: Sequence[Arm], path: Path, baseline_batch: int) -> Path:
-    """Final k-NN against the batch size (baseline runs at `baseline_batch`): seed dots, mean +- std band."""
+    """Final k-NN against the batch size (baseline runs at `baseline_batch`): seed dots, mean +- std band.
+
+    Solid lines: the same number of images for every batch ("batch size" conditions); dashed lines with
+    hollow markers, when the study has them: the same number of steps ("batch size (same steps)"). The
+    baseline belongs to both."""
     plt = _pyplot()
     figure, axis = plt.subplots(figsize=(6.5, 4.2))
+    budgets = [("batch size", "same images", "-", "D")]
+    if any(o.spec.condition.kind == "batch size (same steps)" for o in outcomes):
+        budgets.append(("batch size (same steps)", "same steps", "--", "o"))
     for index, arm in enumerate(arms):
         color = f"C{index}"
-        points: dict[int, list[float]] = {}
-        for outcome in outcomes:
-            if outcome.spec.arm.name != arm.name or outcome.result is None:
-                continue
-            kind = outcome.spec.condition.kind
-            if kind not in ("baseline", "batch size"):
-                continue
-            batch = baseline_batch if kind == "baseline" else int(outcome.spec.condition.batch_size or 0)
-            value = outcome.value("knn_top1_final")
-            points.setdefault(batch, []).append(value if value is not None else math.nan)
-        batches = sorted(points)
-        for batch in batches:
-            finite = [v for v in points[batch] if math.isfinite(v)]
-            axis.scatter([batch] * len(finite), finite, color=color, s=14, alpha=0.5)
-        stats = [summarize_seeds(points[batch]) for batch in batches]
-        shown = [(b, s) for b, s in zip(batches, stats, strict=True) if s.n]
-        if shown:
-            xs = [b for b, _ in shown]
-            means = [s.mean for _, s in shown]
-            stds = [s.std if math.isfinite(s.std) else 0.0 for _, s in shown]
-            axis.plot(xs, means, color=color, marker="D", label=arm.label)
-            _fill(axis, xs, means, stds, color)
+        for kind_shown, budget, linestyle, marker in budgets:
+            points: dict[int, list[float]] = {}
+            for outcome in outcomes:
+                if outcome.spec.arm.name != arm.name or outcome.result is None:
+                    continue
+                kind = outcome.spec.condition.kind
+                if kind not in ("baseline", kind_shown):
+                    continue
+                batch = baseline_batch if kind == "baseline" else int(outcome.spec.condition.batch_size or 0)
+                value = outcome.value("knn_top1_final")
+                points.setdefault(batch, []).append(value if value is not None else math.nan)
+            batches = sorted(points)
+            for batch in batches:
+                finite = [v for v in points[batch] if math.isfinite(v)]
+                axis.scatter([batch] * len(finite), finite, color=color, s=14, alpha=0.5)
+            stats = [summarize_seeds(points[batch]) for batch in batches]
+            shown = [(b, s) for b, s in zip(batches, stats, strict=True) if s.n]
+            if shown:
+                xs = [b for b, _ in shown]
+                means = [s.mean for _, s in shown]
+                stds = [s.std if math.isfinite(s.std) else 0.0 for _, s in shown]
+                label = arm.label if len(budgets) == 1 else f"{arm.label}, {budget}"
+                axis.plot(xs, means, color=color, marker=marker, linestyle=linestyle, label=label,
+                          markerfacecolor="none" if linestyle == "--" else color)  # fmt: skip
+                _fill(axis, xs, means, stds, color)
     if axis.has_data():
         axis.set_xscale("log", base=2)
-    axis.set_xlabel("batch size (images / step; same number of images seen)")
+    budget_note = "same number of images seen" if len(budgets) == 1 else "solid: same images; dashed: same steps"
+    axis.set_xlabel(f"batch size (images / step; {budget_note})")
     axis.set_ylabel("final teacher k-NN top-1 (%)")
     axis.set_title("batch size (band: mean +- std over seeds)")
     axis.grid(alpha=0.3)
@@ -397,7 +408,7 @@ def write_study_outputs(
         plot_stability(outcomes, arms, output_dir / STABILITY_PNG),
         plot_conditions(outcomes, arms, output_dir / CONDITIONS_PNG),
     ]
-    if any(o.spec.condition.kind == "batch size" for o in outcomes):
+    if any(o.spec.condition.kind.startswith("batch size") for o in outcomes):
         baseline_cfg = arms[0].config
         baseline_batch = int(baseline_cfg.train.batch_size_per_gpu) * int(baseline_cfg.train.grad_accum_steps)
         plots.append(plot_batch_sizes(outcomes, arms, output_dir / BATCH_SIZES_PNG, baseline_batch))

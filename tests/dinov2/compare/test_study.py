@@ -46,6 +46,26 @@ def test_batch_sizes_keep_the_number_of_images_and_scale_the_lr_by_the_recipe_ru
         batch_size_conditions(reference, [48])
 
 
+def test_same_step_batch_sizes_keep_the_number_of_steps_and_scale_the_images() -> None:
+    reference = demo_arms()[0].config  # batch 64, 10 iterations per epoch, 20 epochs: 200 steps
+    conditions = batch_size_conditions(reference, [48, 64, 128], same_steps=True)
+    assert [(c.name, c.slug, c.kind) for c in conditions] == [
+        ("batch 48, 200 steps", "batch_48_same_steps", "batch size (same steps)"),
+        ("batch 128, 200 steps", "batch_128_same_steps", "batch size (same steps)"),
+    ]  # 48 does not divide an epoch's images, which only matters at a fixed budget of images
+    base_lr = scaled_lr(reference, world_size=1)
+    for condition in conditions:
+        cfg = load_config(DINOV2_DEMO, list(condition.overrides))
+        steps = int(cfg.optim.epochs * cfg.train.OFFICIAL_EPOCH_LENGTH)
+        assert steps == 200
+        assert steps * cfg.train.batch_size_per_gpu == 200 * condition.batch_size
+        assert scaled_lr(cfg, world_size=1) == pytest.approx(base_lr * math.sqrt(condition.batch_size / 64))
+    same_images = batch_size_conditions(reference, [128])
+    assert same_images[0].slug != conditions[1].slug  # the two budgets train into different directories
+    with pytest.raises(ConfigError, match="must be positive"):
+        batch_size_conditions(reference, [0], same_steps=True)
+
+
 def test_plan_gives_both_arms_the_same_seeds_and_reuses_runs_a_condition_leaves_unchanged() -> None:
     arms = demo_arms()
     seeded = plan_runs(arms, [BASELINE], [0, 1])
@@ -104,7 +124,8 @@ def test_study_report_keeps_diverged_and_missing_runs_and_draws_the_band_plots(t
     arms = demo_arms()
     momentum = perturbation_conditions()[0]
     batch = batch_size_conditions(arms[0].config, [32])
-    specs = plan_runs(arms, [BASELINE, momentum, *batch], [0, 1])
+    same_steps = batch_size_conditions(arms[0].config, [128], same_steps=True)
+    specs = plan_runs(arms, [BASELINE, momentum, *batch, *same_steps], [0, 1])
 
     def result(spec) -> dict | None:
         if spec.condition.name == "batch 32" and spec.seed == 1:
@@ -127,7 +148,9 @@ def test_study_report_keeps_diverged_and_missing_runs_and_draws_the_band_plots(t
     report = write_study_outputs(
         outcomes, arms, tmp_path, command="cmd", eval_description="Digits", collapse_rank=1.5
     ).read_text()
-    assert "2 of 12 (condition, arm, seed) results are missing" in report
+    assert "2 of 16 (condition, arm, seed) results are missing" in report
+    assert "### Baseline and batch size (same steps) conditions" in report
+    assert "| batch 128, 200 steps | 50.50 +- 0.71 (n=2) | 2 ok |" in report
     assert "| teacher momentum 0.9 | 50.00 +- n/a (n=1) | 1 ok, 1 diverged |" in report
     assert "| batch 32 | 50.00 +- n/a (n=1) | 1 ok, 1 not run |" in report
     # per-seed differences 10 and 10: a zero-width interval, which is no evidence
