@@ -334,7 +334,11 @@ def do_train(cfg: DictConfig, model: SSLMetaArch, ctx: RunContext, *, dataset: A
     if distributed.is_main_process():
         from torch.utils.tensorboard import SummaryWriter
 
-        tensorboard = SummaryWriter(os.path.join(cfg.train.output_dir, "tensorboard"))
+        # a resumed run trains again the iterations after its checkpoint: purge_step hides the points the
+        # interrupted run logged for them, so TensorBoard shows each iteration once (as training_metrics.json)
+        tensorboard = SummaryWriter(
+            os.path.join(cfg.train.output_dir, "tensorboard"), purge_step=start_iter if resumed is not None else None
+        )
     metric_logger = MetricLogger(
         output_file=os.path.join(cfg.train.output_dir, "training_metrics.json"), tensorboard_writer=tensorboard
     )

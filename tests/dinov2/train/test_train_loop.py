@@ -116,6 +116,29 @@ def test_sigkilled_run_resumes_on_the_uninterrupted_loss_curve(reference_run, tm
         torch.testing.assert_close(final[name], value, msg=name)
 
 
+def test_resumed_run_replaces_the_tensorboard_points_after_its_checkpoint(reference_run, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    # the run as a preemption after iteration 7 but before model_final would leave it: TensorBoard has
+    # points up to 7, the last checkpoint is model_0000005, so iterations 6 and 7 are trained again
+    output_dir = tmp_path / "run"
+    shutil.copytree(reference_run, output_dir)
+    shutil.rmtree(output_dir / "checkpoints" / "model_final")
+    (output_dir / "checkpoints" / "last_checkpoint").write_text("model_0000005")
+    run_main(output_dir)
+    events = EventAccumulator(str(output_dir / "tensorboard"))
+    events.Reload()
+    steps = [event.step for event in events.Scalars("total_loss")]
+    assert steps == list(range(8)), steps  # each iteration once: the first run's 6 and 7 are purged
+    logged = {}  # what this run's metrics file says (the file is trimmed at the resume point too)
+    for line in (output_dir / "training_metrics.json").read_text().splitlines():
+        record = json.loads(line)
+        logged[record["iteration"]] = record["total_loss"]  # the windowed median, as TensorBoard gets it
+    assert sorted(logged) == steps
+    for event in events.Scalars("total_loss"):
+        assert event.value == pytest.approx(logged[event.step], rel=1e-6), event.step
+
+
 def test_interrupted_save_leaves_the_previous_checkpoint(reference_run, tmp_path):
     output_dir = tmp_path / "run"
     shutil.copytree(reference_run, output_dir)
