@@ -329,6 +329,9 @@ class ConditionRow:
     statuses: tuple[tuple[str, ...], tuple[str, ...]]  # per arm, per seed
     reused: tuple[bool, bool]  # the arm's baseline runs stand for this condition
     difference: PairedDifference
+    # per arm, this condition's k-NN minus the same arm's baseline k-NN, paired by seed (None on the baseline
+    # row, for reused runs and without baseline runs): did the condition move the arm?
+    change_from_baseline: tuple[PairedDifference | None, PairedDifference | None] = (None, None)
 
 
 def condition_rows(outcomes: Sequence[RunOutcome], arms: Sequence[Arm]) -> list[ConditionRow]:
@@ -339,6 +342,11 @@ def condition_rows(outcomes: Sequence[RunOutcome], arms: Sequence[Arm]) -> list[
     conditions: dict[str, Condition] = {}
     for outcome in outcomes:
         conditions.setdefault(outcome.spec.condition.slug, outcome.spec.condition)
+    baseline_knn = {
+        (outcome.spec.arm.name, outcome.spec.seed): outcome.value("knn_top1_final")
+        for outcome in outcomes
+        if outcome.spec.condition.kind == "baseline"
+    }
     rows = []
     for slug, condition in conditions.items():
         mine = [outcome for outcome in outcomes if outcome.spec.condition.slug == slug]
@@ -348,6 +356,13 @@ def condition_rows(outcomes: Sequence[RunOutcome], arms: Sequence[Arm]) -> list[
             by_seed = {outcome.spec.seed: outcome for outcome in mine if outcome.spec.arm.name == arm.name}
             per_arm.append([by_seed.get(seed) for seed in seeds])
         values = [[o.value("knn_top1_final") if o is not None else None for o in runs] for runs in per_arm]
+        reused = tuple(all(o is not None and o.spec.reuses is not None for o in a) for a in per_arm)
+        changes = tuple(
+            None
+            if condition.kind == "baseline" or is_reused or not any((arm.name, s) in baseline_knn for s in seeds)
+            else paired_difference([baseline_knn.get((arm.name, seed)) for seed in seeds], arm_values)
+            for arm, arm_values, is_reused in zip(arms, values, reused, strict=True)
+        )
         rows.append(
             ConditionRow(
                 condition=condition,
@@ -355,8 +370,9 @@ def condition_rows(outcomes: Sequence[RunOutcome], arms: Sequence[Arm]) -> list[
                 seeds=seeds,
                 final_knn=(summarize_seeds(values[0]), summarize_seeds(values[1])),
                 statuses=tuple(tuple(o.status if o is not None else "not run" for o in a) for a in per_arm),  # type: ignore[arg-type]
-                reused=tuple(all(o is not None and o.spec.reuses is not None for o in a) for a in per_arm),  # type: ignore[arg-type]
+                reused=reused,  # type: ignore[arg-type]
                 difference=paired_difference(values[0], values[1]),
+                change_from_baseline=changes,  # type: ignore[arg-type]
             )
         )
     return rows

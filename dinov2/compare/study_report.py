@@ -3,7 +3,8 @@
 Writes into the output directory:
 
 * `study.md`: per condition the final teacher k-NN of each arm (mean +- sample std over seeds, run
-  statuses), the paired difference B - A with its 95 % t-interval; the k-NN over training and the loss at
+  statuses), the paired difference B - A with its 95 % t-interval, and each arm's change from its own
+  baseline (condition - baseline, paired by seed, with interval); the k-NN over training and the loss at
   the end of the baseline runs; every run on its own line (failed, diverged and collapsed runs included);
 * `study.json`: the same numbers unrounded, and every run's result;
 * `study_stability.png` (baseline loss and k-NN curves), `study_conditions.png` (final k-NN per condition),
@@ -105,6 +106,32 @@ def condition_table(rows: Sequence[ConditionRow]) -> list[str]:
         ]
         for row in rows
     ]
+    return _table(header, body)
+
+
+CHANGE_VERDICTS = {"B > A": "higher", "B < A": "lower", "cannot tell": "cannot tell"}
+
+
+def change_table(rows: Sequence[ConditionRow]) -> list[str]:
+    """Markdown table: per arm, condition - the arm's own baseline (paired by seed) with interval and verdict
+    ('higher' / 'lower' than the baseline, 'cannot tell'); rows without a change in either arm are left out."""
+    rows = [row for row in rows if any(change is not None for change in row.change_from_baseline)]
+    if not rows:
+        return []
+    labels = rows[0].arm_labels
+    header = ["condition"]
+    for label in labels:
+        header += [f"{label}: condition - baseline [95 % CI]", f"{label} vs its baseline"]
+    body = []
+    for row in rows:
+        cells = [row.condition.name]
+        for index, change in enumerate(row.change_from_baseline):
+            if change is None or change.n == 0:
+                reason = "unchanged (baseline runs)" if row.reused[index] else "-"
+                cells += [reason, "-"]
+            else:
+                cells += [format_difference(change), CHANGE_VERDICTS[change.verdict]]
+        body.append(cells)
     return _table(header, body)
 
 
@@ -399,6 +426,9 @@ def write_study_outputs(
     for kind in kinds:
         lines += [f"### Baseline and {kind} conditions", ""]
         lines += condition_table(baseline_rows + [row for row in rows if row.condition.kind == kind])
+        changes = change_table([row for row in rows if row.condition.kind == kind])
+        if changes:
+            lines += ["", "Change from the same arm's baseline (paired by seed):", ""] + changes
         lines.append("")
     lines += ["", "## Baseline runs per arm (mean +- std, min to max, over seeds)", ""]
     lines += baseline_table(outcomes, arms)
@@ -427,6 +457,7 @@ def write_study_outputs(
                 "statuses": row.statuses,
                 "reused_baseline": row.reused,
                 "difference_b_minus_a": row.difference.to_json(),
+                "change_from_baseline": [None if c is None else c.to_json() for c in row.change_from_baseline],
             }
             for row in rows
         ],

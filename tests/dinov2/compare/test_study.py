@@ -112,6 +112,11 @@ def test_condition_rows_pair_by_seed_and_keep_diverged_runs_in_the_statuses() ->
     assert perturbed.final_knn[0].n == 2 and perturbed.final_knn[0].n_missing == 1
     assert perturbed.difference.n == 2  # the diverged seed has no pair
     assert perturbed.reused == (False, True)
+    # within-arm change, paired by seed: DINOv2 momentum 0.9 minus DINOv2 baseline over seeds 0 and 2
+    assert perturbed.change_from_baseline[0] == paired_difference([50.0, 52.0, 47.0], [40.0, math.nan, 30.0])
+    assert perturbed.change_from_baseline[0].mean == pytest.approx(-13.5)
+    assert perturbed.change_from_baseline[1] is None  # SimDINOv2's cell is its baseline runs
+    assert baseline.change_from_baseline == (None, None)
     missing = condition_rows([o for o in outcomes if o.spec.seed != 2] + [RunOutcome(spec=specs[4], result=None)], arms)
     assert missing[0].statuses[0] == ("ok", "ok", "not run")
 
@@ -150,6 +155,8 @@ def test_study_report_keeps_diverged_and_missing_runs_and_draws_the_band_plots(t
     ).read_text()
     assert "2 of 16 (condition, arm, seed) results are missing" in report
     assert "### Baseline and batch size (same steps) conditions" in report
+    # DINOv2 momentum 0.9: seed 0 only (seed 1 diverged): +0.00, no interval; SimDINOv2 unchanged
+    assert "| teacher momentum 0.9 | +0.00 (n=1, no interval) | cannot tell | unchanged (baseline runs) | - |" in report
     assert "| batch 128, 200 steps | 50.50 +- 0.71 (n=2) | 2 ok |" in report
     assert "| teacher momentum 0.9 | 50.00 +- n/a (n=1) | 1 ok, 1 diverged |" in report
     assert "| batch 32 | 50.00 +- n/a (n=1) | 1 ok, 1 not run |" in report
