@@ -14,19 +14,19 @@ Studies, in the order they are run (the most important results land first):
    (same number of epochs, as Table 6's 100 epochs per batch size), lr scaled by the recipes' sqrt rule;
 4. a control for 3: batch 128 at the baseline's 200 steps (twice its images), which tells an effect of the
    batch apart from an effect of the shorter run that batch 128 gets at a fixed budget of images;
-5. the baseline again over 400 steps (`--long-iters`, its own report in DIR/long_400): whether the
-   curves of claim 3 flatten, plateau or drop when the run is twice as long.
+5. the baseline again over 400 steps with 5 seeds (`--long-iters`, `--long-seeds`, its own report in
+   DIR/long_400): whether the curves of claim 3 flatten, plateau or drop when the run is twice as long.
 
 1-4 are `tools/compare.py --seeds 3 --sweep --batch-sizes 16 32 64 128 --batch-sizes-same-steps 128` on the
-demo recipes (`dinov2.compare.pipeline.run_study`), 5 is `--seeds 3 --iters 400`. Each run is cached in its
+demo recipes (`dinov2.compare.pipeline.run_study`), 5 is `--seeds 5 --iters 400`. Each run is cached in its
 directory (`study_result.json`): rerunning continues where an interrupted study stopped; `--report-only`
 writes the reports from the finished runs and lists the others as not run. `--jobs` runs train at the same
 time, one CPU thread each. Writes `study.md` (one table per claim: k-NN mean +- std per arm and condition,
 paired difference with its 95 % t-interval, run statuses including collapse), `study.json` and one PNG per
 claim (`study_conditions.png`: Table 5/8; `study_batch_sizes.png`: Table 6; `study_stability.png`: loss and
 k-NN curves) into the output directory, and the same for 5 into DIR/long_400. SimDINOv2 runs that a
-perturbation does not change are its baseline runs (see `docs/compare.md`), so the studies train 54 runs
-(3 of them refused at once): about 4.5 CPU hours at 4-8 CPU minutes per run.
+perturbation does not change are its baseline runs (see `docs/compare.md`), so the studies train 58 runs
+(3 of them refused at once): about 5 CPU hours at 4-8 CPU minutes per run.
 """
 
 import argparse
@@ -71,6 +71,12 @@ def get_args_parser() -> argparse.ArgumentParser:
         default=400,
         help="steps of the longer baseline runs of the stability study, in DIR/long_<N> (0: skip them)",
     )
+    parser.add_argument(
+        "--long-seeds",
+        type=int,
+        default=5,
+        help="seeds of the longer baseline runs (seeds 0 .. N-1; more than --seeds: DINOv2 varies most there)",
+    )
     parser.add_argument("--jobs", type=int, default=2, help="runs trained at the same time (one thread each)")
     parser.add_argument("--report-only", action="store_true", help="train nothing: report the finished runs")
     return parser
@@ -100,10 +106,11 @@ def main(args: argparse.Namespace) -> list[Path]:
         *batch_size_conditions(arms[0].config, args.batch_sizes),
         *batch_size_conditions(arms[0].config, args.batch_sizes_same_steps, same_steps=True),
     ]
-    studies = [(arms, conditions, output_dir, "The SimDINO paper's claims in miniature (Digits, demo recipes)")]
+    title = "The SimDINO paper's claims in miniature (Digits, demo recipes)"
+    studies = [(arms, conditions, args.seeds, output_dir, title)]
     if args.long_iters:
         studies.append(
-            (demo_arms(args.long_iters), [BASELINE], output_dir / f"long_{args.long_iters}",
+            (demo_arms(args.long_iters), [BASELINE], args.long_seeds, output_dir / f"long_{args.long_iters}",
              f"The demo recipes over {args.long_iters} steps (training stability, Digits)")
         )  # fmt: skip
     reports = [
@@ -111,7 +118,7 @@ def main(args: argparse.Namespace) -> list[Path]:
             study_arms,
             study_dir,
             EvalOptions(train_dataset=None, val_dataset=None, device=torch.device("cpu")),
-            seeds=list(range(args.seeds)),
+            seeds=list(range(n_seeds)),
             conditions=study_conditions,
             jobs=args.jobs,
             command=" ".join(["python", "benchmarks/paper_claims.py", *sys.argv[1:]]),
@@ -120,7 +127,7 @@ def main(args: argparse.Namespace) -> list[Path]:
             train=not args.report_only,
             title=title,
         )
-        for study_arms, study_conditions, study_dir, title in studies
+        for study_arms, study_conditions, n_seeds, study_dir, title in studies
     ]
     echo(f"reports: {', '.join(map(str, reports))} ({time.time() - start:.0f} s)")
     return reports
